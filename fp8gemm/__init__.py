@@ -1,0 +1,29 @@
+"""fp8gemm: FP8 GEMMs with fine-grained scaling for NVIDIA Hopper, generated as PTX from Python.
+
+Importing needs no GPU and no torch; kernels are compiled on first use.
+"""
+from __future__ import annotations
+
+from .arrays import DeviceArray, view_as
+from .jit import CompileError
+from .launcher import CudaError
+from .quant import per_block_cast_to_fp8, per_token_cast_to_fp8
+from .reference import ceil_div
+
+__version__ = "0.1.0"
+
+
+def get_tma_aligned_size(m: int, element_size: int = 4) -> int:
+    """M rounded up so that an MN-major column of ``element_size``-byte scales is 16-byte aligned."""
+    from .reference import tma_aligned_size
+    return tma_aligned_size(m, element_size)
+
+
+def get_m_alignment_for_contiguous_layout() -> int:
+    """Rows of each group in the contiguous grouped layout must be padded to this multiple."""
+    return 128
+
+
+__all__ = ["DeviceArray", "view_as", "CompileError", "CudaError", "per_token_cast_to_fp8",
+           "per_block_cast_to_fp8", "ceil_div", "get_tma_aligned_size",
+           "get_m_alignment_for_contiguous_layout"]

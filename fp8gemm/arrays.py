@@ -1,0 +1,263 @@
+"""Framework-agnostic views of device arrays, and argument validation.
+
+Any of these becomes one ``View`` (pointer, shape, strides in elements, dtype, device):
+a torch tensor, an object with ``__cuda_array_interface__`` (CuPy, Numba, ...), an object
+with ``__dlpack__`` (JAX, CuPy, ...), or ``fp8gemm.DeviceArray`` around a raw pointer.
+torch is never imported here; a tensor is recognised only if torch is already loaded.
+"""
+from __future__ import annotations
+
+import ctypes
+import dataclasses
+import math
+import sys
+from typing import Any, Sequence
+
+# canonical dtype names -> itemsize
+DTYPES = {"float8_e4m3fn": 1, "uint8": 1, "int8": 1, "bfloat16": 2, "float16": 2,
+          "float32": 4, "int32": 4, "int64": 8}
+_ALIASES = {"e4m3": "float8_e4m3fn", "fp8": "float8_e4m3fn", "bf16": "bfloat16", "f32": "float32",
+            "float": "float32", "half": "float16", "f16": "float16", "i32": "int32", "u8": "uint8",
+            "i8": "int8"}
+_CAI_TYPESTR = {"|u1": "uint8", "|i1": "int8", "<f2": "float16", "<f4": "float32", "<i4": "int32",
+                "<i8": "int64", "<u1": "uint8", "<i1": "int8"}
+# DLPack (code, bits) -> name; code 4 = bfloat, 10 = float8_e4m3fn (DLPack >= 1.1)
+_DL_TYPES = {(0, 8): "int8", (0, 32): "int32", (0, 64): "int64", (1, 8): "uint8", (2, 16): "float16",
+             (2, 32): "float32", (4, 16): "bfloat16", (10, 8): "float8_e4m3fn"}
+_TORCH_NAMES = {"float8_e4m3fn": "float8_e4m3fn", "bfloat16": "bfloat16", "float32": "float32",
+                "float16": "float16", "int32": "int32", "int64": "int64", "uint8": "uint8",
+                "int8": "int8"}
+
+
+def canonical_dtype(dtype: Any) -> str:
+    """Accept 'bfloat16', numpy/ml_dtypes dtypes, torch dtypes; return the canonical name."""
+    name = getattr(dtype, "name", None) or str(dtype)
+    name = name.replace("torch.", "")
+    name = _ALIASES.get(name, name)
+    if name not in DTYPES:
+        raise TypeError(f"unsupported dtype {dtype!r}; expected one of {sorted(DTYPES)}")
+    return name
+
+
+class DeviceArray:
+    """A device array described by a raw pointer: ``DeviceArray(ptr, shape, dtype, strides=None)``.
+
+    ``strides`` are in elements (row-major when None). ``owner`` keeps whatever owns the memory
+    alive. It exposes ``__cuda_array_interface__`` (where the dtype allows), so CuPy or Numba
+    can wrap it.
+    """
+
+    def __init__(self, ptr: int, shape: Sequence[int], dtype: Any, strides: Sequence[int] | None = None,
+                 device: int | None = None, owner: Any = None):
+        self.ptr = int(ptr)
+        self.shape = tuple(int(s) for s in shape)
+        self.dtype = canonical_dtype(dtype)
+        if strides is None:
+            strides, acc = [], 1
+            for s in reversed(self.shape):
+                strides.append(acc)
+                acc *= max(s, 1)
+            strides = list(reversed(strides))
+        self.strides = tuple(int(s) for s in strides)
+        if len(self.strides) != len(self.shape):
+            raise ValueError(f"strides {self.strides} do not match shape {self.shape}")
+        self.device = device
+        self.owner = owner
+
+    @property
+    def itemsize(self) -> int:
+        return DTYPES[self.dtype]
+
+    @property
+    def __cuda_array_interface__(self) -> dict:
+        inv = {v: k for k, v in _CAI_TYPESTR.items() if k.startswith(("|", "<"))}
+        typestr = inv.get(self.dtype, {"float8_e4m3fn": "|u1", "bfloat16": "<V2"}.get(self.dtype))
+        return {"shape": self.shape, "typestr": typestr, "data": (self.ptr, False), "version": 3,
+                "strides": tuple(s * self.itemsize for s in self.strides)}
+
+    def __repr__(self) -> str:
+        return f"DeviceArray(ptr=0x{self.ptr:x}, shape={self.shape}, dtype={self.dtype}, strides={self.strides})"
+
+
+def view_as(array: Any, dtype: Any) -> DeviceArray:
+    """Reinterpret an array's bytes as another dtype of the same itemsize (e.g. uint8 -> e4m3)."""
+    v = as_view(array, "array")
+    dtype = canonical_dtype(dtype)
+    if DTYPES[dtype] != v.itemsize:
+        raise TypeError(f"view_as: itemsize of {dtype} differs from {v.dtype}")
+    return DeviceArray(v.ptr, v.shape, dtype, v.strides, v.device, owner=v.owner)
+
+
+@dataclasses.dataclass
+class View:
+    ptr: int
+    shape: tuple[int, ...]
+    strides: tuple[int, ...]      # elements
+    dtype: str
+    device: int | None            # CUDA ordinal; None = not known yet
+    owner: Any                    # keeps the source object alive
+    framework: str                # "torch" | "cai" | "dlpack" | "raw"
+
+    @property
+    def itemsize(self) -> int:
+        return DTYPES[self.dtype]
+
+    @property
+    def ndim(self) -> int:
+        return len(self.shape)
+
+    def numel(self) -> int:
+        return math.prod(self.shape)
+
+
+def _is_torch_tensor(obj: Any) -> bool:
+    torch = sys.modules.get("torch")
+    return torch is not None and isinstance(obj, torch.Tensor)
+
+
+def as_view(obj: Any, name: str) -> View:
+    """Build a View from any supported array; raise TypeError naming ``name`` otherwise."""
+    if isinstance(obj, View):
+        return obj
+    if isinstance(obj, DeviceArray):
+        return View(obj.ptr, obj.shape, obj.strides, obj.dtype, obj.device, obj, "raw")
+    if _is_torch_tensor(obj):
+        if not obj.is_cuda:
+            raise ValueError(f"{name}: is a host (CPU) tensor; expected a CUDA device tensor")
+        dname = str(obj.dtype).replace("torch.", "")
+        if dname not in _TORCH_NAMES:
+            raise TypeError(f"{name}: torch dtype {obj.dtype} is not supported")
+        return View(obj.data_ptr(), tuple(obj.shape), tuple(obj.stride()), _TORCH_NAMES[dname],
+                    obj.device.index if obj.device.index is not None else 0, obj, "torch")
+    cai = getattr(obj, "__cuda_array_interface__", None)
+    if cai is not None:
+        return _from_cai(cai, obj, name)
+    if hasattr(obj, "__dlpack__"):
+        return _from_dlpack(obj, name)
+    if hasattr(obj, "__array_interface__") or type(obj).__module__.startswith("numpy"):
+        raise ValueError(f"{name}: is a host (numpy) array; expected a device array")
+    raise TypeError(f"{name}: cannot use an object of type {type(obj).__name__} as a device array "
+                    "(expected a torch tensor, an object with __cuda_array_interface__ or "
+                    "__dlpack__, or fp8gemm.DeviceArray)")
+
+
+def _from_cai(cai: dict, obj: Any, name: str) -> View:
+    typestr = cai["typestr"]
+    if typestr not in _CAI_TYPESTR:
+        raise TypeError(f"{name}: __cuda_array_interface__ typestr {typestr!r} is not supported "
+                        "(wrap the pointer in fp8gemm.DeviceArray with an explicit dtype)")
+    dtype = _CAI_TYPESTR[typestr]
+    shape = tuple(int(s) for s in cai["shape"])
+    isz = DTYPES[dtype]
+    if cai.get("strides") is None:
+        strides = DeviceArray(0, shape, dtype).strides
+    else:
+        bstr = cai["strides"]
+        if any(b % isz for b in bstr):
+            raise ValueError(f"{name}: byte strides {bstr} are not multiples of the itemsize {isz}")
+        strides = tuple(b // isz for b in bstr)
+    return View(int(cai["data"][0]), shape, strides, dtype, None, obj, "cai")
+
+
+class _DLDevice(ctypes.Structure):
+    _fields_ = [("device_type", ctypes.c_int32), ("device_id", ctypes.c_int32)]
+
+
+class _DLDataType(ctypes.Structure):
+    _fields_ = [("code", ctypes.c_uint8), ("bits", ctypes.c_uint8), ("lanes", ctypes.c_uint16)]
+
+
+class _DLTensor(ctypes.Structure):
+    _fields_ = [("data", ctypes.c_void_p), ("device", _DLDevice), ("ndim", ctypes.c_int32),
+                ("dtype", _DLDataType), ("shape", ctypes.POINTER(ctypes.c_int64)),
+                ("strides", ctypes.POINTER(ctypes.c_int64)), ("byte_offset", ctypes.c_uint64)]
+
+
+_KDL_CUDA, _KDL_CUDA_MANAGED = 2, 13
+
+
+def _from_dlpack(obj: Any, name: str) -> View:
+    capsule = obj.__dlpack__()
+    get = ctypes.pythonapi.PyCapsule_GetPointer
+    get.restype, get.argtypes = ctypes.c_void_p, [ctypes.py_object, ctypes.c_char_p]
+    is_versioned = ctypes.pythonapi.PyCapsule_IsValid
+    is_versioned.restype, is_versioned.argtypes = ctypes.c_int, [ctypes.py_object, ctypes.c_char_p]
+    if is_versioned(capsule, b"dltensor"):
+        addr = get(capsule, b"dltensor")          # DLManagedTensor: DLTensor comes first
+    elif is_versioned(capsule, b"dltensor_versioned"):
+        addr = get(capsule, b"dltensor_versioned") + 16   # skip DLPackVersion(8) + manager_ctx(8)
+        addr += 16                                        # deleter(8) + flags(8)
+    else:
+        raise TypeError(f"{name}: __dlpack__ returned an unknown capsule")
+    t = _DLTensor.from_address(addr)
+    if t.device.device_type not in (_KDL_CUDA, _KDL_CUDA_MANAGED):
+        raise ValueError(f"{name}: DLPack device type {t.device.device_type} is not CUDA "
+                         "(host arrays are not accepted)")
+    key = (t.dtype.code, t.dtype.bits)
+    if key not in _DL_TYPES or t.dtype.lanes != 1:
+        raise TypeError(f"{name}: DLPack dtype code={t.dtype.code} bits={t.dtype.bits} is not supported")
+    dtype = _DL_TYPES[key]
+    shape = tuple(t.shape[i] for i in range(t.ndim))
+    strides = (tuple(t.strides[i] for i in range(t.ndim)) if t.strides
+               else DeviceArray(0, shape, dtype).strides)
+    ptr = (t.data or 0) + t.byte_offset
+    return View(ptr, shape, strides, dtype, t.device.device_id, (obj, capsule), "dlpack")
+
+
+# ---- validation --------------------------------------------------------------------------
+def check_dtype(v: View, name: str, *allowed: str) -> None:
+    if v.dtype not in allowed:
+        hint = ""
+        if "float8_e4m3fn" in allowed and v.dtype in ("uint8", "int8"):
+            hint = " (wrap FP8 bytes with fp8gemm.view_as(x, 'float8_e4m3fn'))"
+        raise TypeError(f"{name}: dtype is {v.dtype}; expected {' or '.join(allowed)}{hint}")
+
+
+def check_shape(v: View, name: str, shape: Sequence[int | None]) -> None:
+    ok = len(v.shape) == len(shape) and all(w is None or w == s for s, w in zip(v.shape, shape))
+    if not ok:
+        want = "[" + ", ".join("*" if s is None else str(s) for s in shape) + "]"
+        raise ValueError(f"{name}: shape is {list(v.shape)}; expected {want}")
+
+
+def check_rows(v: View, name: str, *, align_bytes: int = 16) -> None:
+    """Last dimension contiguous; every other stride a multiple of ``align_bytes``; aligned base."""
+    if v.ndim >= 1 and v.shape[-1] > 1 and v.strides[-1] != 1:
+        raise ValueError(f"{name}: the last dimension must be contiguous (stride 1), got strides {v.strides}")
+    if v.ptr % align_bytes:
+        raise ValueError(f"{name}: data pointer 0x{v.ptr:x} is not {align_bytes}-byte aligned")
+    for d in range(v.ndim - 1):
+        if v.shape[d] > 1 and (v.strides[d] * v.itemsize) % align_bytes:
+            raise ValueError(f"{name}: stride of dimension {d} is {v.strides[d]} elements "
+                             f"({v.strides[d] * v.itemsize} bytes); must be a multiple of {align_bytes} bytes")
+    if v.ndim == 2 and v.shape[0] > 1 and v.strides[0] < v.shape[1]:
+        raise ValueError(f"{name}: row stride {v.strides[0]} is smaller than the row width {v.shape[1]}")
+
+
+def check_same_device(views: dict[str, View]) -> int:
+    """Resolve every view's device (querying the driver where unknown); all must agree."""
+    from .launcher import pointer_device
+    devs = {}
+    for name, v in views.items():
+        if v.numel() == 0:
+            continue
+        dev = pointer_device(v.ptr, name)
+        if v.device is not None and v.device != dev:
+            raise ValueError(f"{name}: reports device {v.device} but its memory is on device {dev}")
+        v.device = dev
+        devs[name] = dev
+    if len(set(devs.values())) > 1:
+        raise ValueError(f"arrays are on different devices: {devs}")
+    return next(iter(devs.values()), 0)
+
+
+def resolve_stream(stream: Any, views: Sequence[View], device: int) -> int:
+    """The raw CUstream to launch on: the one given, else torch's current stream when the
+    inputs are torch tensors, else the legacy default stream (0)."""
+    from .launcher import stream_handle
+    if stream is not None:
+        return stream_handle(stream)
+    if any(v.framework == "torch" for v in views):
+        import torch
+        return int(torch.cuda.current_stream(device).cuda_stream)
+    return 0

@@ -1,0 +1,269 @@
+"""PTX -> sm_90a cubin with ptxas, a SASS post-pass, and a disk + in-process cache.
+
+The cache key is a hash of the PTX text, the ptxas version, the target, the flags and the
+SASS-pass version, so a new compiler or a new pass never reuses an old cubin. Entries are
+written to a temporary file and renamed into place (safe under concurrent processes) and
+carry a checksum, so a truncated or corrupt entry is rebuilt instead of loaded.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import logging
+import os
+import re
+import shutil
+import struct
+import subprocess
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Callable
+
+log = logging.getLogger("fp8gemm.jit")
+
+TARGET = "sm_90a"
+PTXAS_FLAGS = ("-O3",)
+_MAGIC = b"FP8GEMM-CUBIN-1\n"
+
+
+class CompileError(RuntimeError):
+    """ptxas rejected the PTX (the message holds ptxas's output and the PTX file kept)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Resources:
+    registers: int
+    static_smem: int
+    stack_frame: int
+    spill_stores: int
+    spill_loads: int
+    barriers: int = 0
+
+    @property
+    def spills(self) -> int:
+        return self.spill_stores + self.spill_loads
+
+
+@dataclasses.dataclass
+class Compiled:
+    name: str                 # kernel entry name
+    cubin: bytes
+    resources: Resources
+    key: str
+    source: str               # "compiled" | "disk" | "memo"
+    seconds: float            # compile or load time
+    sass_report: dict | None = None
+
+
+# ---- finding ptxas -----------------------------------------------------------------------
+def _wheel_ptxas() -> Path | None:
+    try:
+        import nvidia  # namespace package of the nvidia-cuda-* wheels
+    except ImportError:
+        return None
+    for base in getattr(nvidia, "__path__", []):
+        for sub in ("cu13/bin/ptxas", "cuda_nvcc/bin/ptxas", "cu12/bin/ptxas"):
+            p = Path(base) / sub
+            if p.is_file():
+                return p
+    return None
+
+
+def find_ptxas() -> tuple[Path, str]:
+    """(path, where-from). Order: FP8GEMM_PTXAS, CUDA_HOME, PATH, the nvidia-cuda-nvcc wheel."""
+    env = os.environ.get("FP8GEMM_PTXAS")
+    if env:
+        if not Path(env).is_file():
+            raise FileNotFoundError(f"FP8GEMM_PTXAS={env!r} is not a file")
+        return Path(env), "FP8GEMM_PTXAS"
+    for var in ("CUDA_HOME", "CUDA_PATH"):
+        home = os.environ.get(var)
+        if home and (Path(home) / "bin" / "ptxas").is_file():
+            return Path(home) / "bin" / "ptxas", var
+    on_path = shutil.which("ptxas")
+    if on_path:
+        return Path(on_path), "PATH"
+    wheel = _wheel_ptxas()
+    if wheel:
+        return wheel, "nvidia-cuda-nvcc wheel"
+    raise FileNotFoundError(
+        "ptxas not found: install the 'nvidia-cuda-nvcc' wheel, set CUDA_HOME, or set FP8GEMM_PTXAS")
+
+
+_version_memo: dict[str, str] = {}
+
+
+def ptxas_version(path: Path) -> str:
+    key = str(path)
+    if key not in _version_memo:
+        out = subprocess.run([key, "--version"], capture_output=True, text=True, check=True).stdout
+        m = re.search(r"release (\S+), (V\S+)", out)
+        _version_memo[key] = m.group(2) if m else out.strip().splitlines()[-1]
+    return _version_memo[key]
+
+
+# ---- ptxas -v parsing --------------------------------------------------------------------
+def parse_resources(log_text: str) -> Resources:
+    regs = int(m.group(1)) if (m := re.search(r"Used (\d+) registers", log_text)) else 0
+    smem = int(m.group(1)) if (m := re.search(r"(\d+) bytes smem", log_text)) else 0
+    bars = int(m.group(1)) if (m := re.search(r"used (\d+) barriers", log_text)) else 0
+    m = re.search(r"(\d+) bytes stack frame, (\d+) bytes spill stores, (\d+) bytes spill loads",
+                  log_text)
+    frame, st, ld = (int(g) for g in m.groups()) if m else (0, 0, 0)
+    return Resources(regs, smem, frame, st, ld, bars)
+
+
+# ---- cache ---------------------------------------------------------------------------------
+def cache_dir() -> Path:
+    d = os.environ.get("FP8GEMM_CACHE_DIR")
+    if d:
+        return Path(d)
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "fp8gemm"
+
+
+def _pack_entry(meta: dict, cubin: bytes) -> bytes:
+    meta = dict(meta, cubin_sha256=hashlib.sha256(cubin).hexdigest(), cubin_len=len(cubin))
+    mj = json.dumps(meta, sort_keys=True).encode()
+    return _MAGIC + struct.pack("<I", len(mj)) + mj + cubin
+
+
+def _unpack_entry(blob: bytes) -> tuple[dict, bytes] | None:
+    """Parse a cache entry; None when it is truncated, corrupt or not ours."""
+    try:
+        if not blob.startswith(_MAGIC):
+            return None
+        (n,) = struct.unpack_from("<I", blob, len(_MAGIC))
+        start = len(_MAGIC) + 4
+        meta = json.loads(blob[start:start + n])
+        cubin = blob[start + n:]
+        if len(cubin) != meta["cubin_len"] or hashlib.sha256(cubin).hexdigest() != meta["cubin_sha256"]:
+            return None
+        return meta, cubin
+    except (ValueError, KeyError, struct.error, UnicodeDecodeError):
+        return None
+
+
+def _atomic_write(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+
+
+# ---- the SASS post-pass hook -------------------------------------------------------------
+# Off until the benchmark shows a gain on our kernels (DESIGN.md section 4); the env vars
+# FP8GEMM_FFMA_INTERLEAVE=1 / FP8GEMM_DISABLE_FFMA_INTERLEAVE=1 override the default.
+FFMA_INTERLEAVE_DEFAULT = False
+
+
+def ffma_interleave_enabled() -> bool:
+    if os.environ.get("FP8GEMM_DISABLE_FFMA_INTERLEAVE", "0") not in ("", "0"):
+        return False
+    if os.environ.get("FP8GEMM_FFMA_INTERLEAVE", "") not in ("",):
+        return os.environ["FP8GEMM_FFMA_INTERLEAVE"] != "0"
+    return FFMA_INTERLEAVE_DEFAULT
+
+
+def _sass_pass(force: bool | None = None) -> tuple[str, Callable[[bytes], tuple[bytes, dict]] | None]:
+    """(tag for the cache key, function) of the post-ptxas pass; ('off', None) when off."""
+    enabled = ffma_interleave_enabled() if force is None else force
+    if not enabled:
+        return "off", None
+    from .sass_patch import PASS_VERSION, interleave_ffma
+    return f"ffma-interleave-v{PASS_VERSION}", interleave_ffma
+
+
+# ---- compile -------------------------------------------------------------------------------
+_memo: dict[str, Compiled] = {}
+_memo_lock = threading.Lock()
+
+
+def compile_ptx(ptx: str, name: str, *, use_cache: bool = True, post_pass: bool | None = None) -> Compiled:
+    """Compile ``ptx`` (entry ``name``) for sm_90a, through the memo and the disk cache.
+
+    ``post_pass``: None follows the library default (env ``FP8GEMM_DISABLE_FFMA_INTERLEAVE``),
+    True/False force the SASS pass on or off.
+    """
+    ptxas, _ = find_ptxas()
+    version = ptxas_version(ptxas)
+    pass_tag, pass_fn = _sass_pass(post_pass)
+    key_src = "\0".join([ptx, version, TARGET, " ".join(PTXAS_FLAGS), pass_tag])
+    key = hashlib.sha256(key_src.encode()).hexdigest()[:32]
+
+    with _memo_lock:
+        hit = _memo.get(key)
+    if hit is not None:
+        return dataclasses.replace(hit, source="memo", seconds=0.0)
+
+    path = cache_dir() / f"{name[:48]}-{key}.fp8gemm"
+    if use_cache and path.is_file():
+        t0 = time.perf_counter()
+        entry = _unpack_entry(path.read_bytes())
+        if entry is not None:
+            meta, cubin = entry
+            res = Resources(**meta["resources"])
+            out = Compiled(name, cubin, res, key, "disk", time.perf_counter() - t0, meta.get("sass"))
+            log.debug("cache load %s: %.2f ms", name, out.seconds * 1e3)
+            with _memo_lock:
+                _memo[key] = out
+            return out
+        log.warning("fp8gemm cache entry %s is corrupt; rebuilding it", path)
+
+    t0 = time.perf_counter()
+    cubin, res = _run_ptxas(ptxas, ptx, name)
+    report = None
+    if pass_fn is not None:
+        cubin, report = pass_fn(cubin)
+    out = Compiled(name, cubin, res, key, "compiled", time.perf_counter() - t0, report)
+    log.debug("compiled %s in %.1f ms (%d regs, %d spill bytes)", name, out.seconds * 1e3,
+              res.registers, res.spills)
+    if use_cache:
+        meta = {"name": name, "ptxas": version, "target": TARGET, "pass": pass_tag,
+                "resources": dataclasses.asdict(res), "sass": _jsonable(report)}
+        try:
+            _atomic_write(path, _pack_entry(meta, cubin))
+        except OSError as e:  # a read-only cache must not break compilation
+            log.warning("could not write fp8gemm cache entry %s: %s", path, e)
+    with _memo_lock:
+        _memo[key] = out
+    return out
+
+
+def _jsonable(report):
+    try:
+        json.dumps(report)
+        return report
+    except TypeError:
+        return None
+
+
+def _run_ptxas(ptxas: Path, ptx: str, name: str) -> tuple[bytes, Resources]:
+    with tempfile.TemporaryDirectory(prefix="fp8gemm-") as d:
+        src, dst = Path(d) / f"{name}.ptx", Path(d) / f"{name}.cubin"
+        src.write_text(ptx)
+        cmd = [str(ptxas), f"-arch={TARGET}", "-v", *PTXAS_FLAGS, "-o", str(dst), str(src)]
+        proc = subprocess.run(cmd, capture_output=True, text=True)
+        if proc.returncode != 0:
+            keep = Path(tempfile.gettempdir()) / f"fp8gemm-failed-{name}.ptx"
+            keep.write_text(ptx)
+            raise CompileError(f"ptxas failed on {name} (PTX kept at {keep}):\n{proc.stderr}")
+        text = proc.stdout + proc.stderr
+        return dst.read_bytes(), parse_resources(text)
+
+
+def clear_memo() -> None:
+    """Forget in-process results (tests use it to exercise the disk cache)."""
+    with _memo_lock:
+        _memo.clear()

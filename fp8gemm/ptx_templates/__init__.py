@@ -1,0 +1,1 @@
+"""PTX generators: one module per kernel family."""
