@@ -5,6 +5,8 @@ Importing needs no GPU and no torch; kernels are compiled on first use.
 from __future__ import annotations
 
 from .arrays import DeviceArray, view_as
+from .config import GemmConfig, get_num_sms, set_num_sms
+from .gemm import GemmPlan, gemm_fp8_fp8_bf16_nt, plan_gemm
 from .jit import CompileError
 from .launcher import CudaError
 from .quant import per_block_cast_to_fp8, per_token_cast_to_fp8
@@ -24,6 +26,7 @@ def get_m_alignment_for_contiguous_layout() -> int:
     return 128
 
 
-__all__ = ["DeviceArray", "view_as", "CompileError", "CudaError", "per_token_cast_to_fp8",
+__all__ = ["gemm_fp8_fp8_bf16_nt", "plan_gemm", "GemmPlan", "GemmConfig", "set_num_sms", "get_num_sms",
+           "DeviceArray", "view_as", "CompileError", "CudaError", "per_token_cast_to_fp8",
            "per_block_cast_to_fp8", "ceil_div", "get_tma_aligned_size",
            "get_m_alignment_for_contiguous_layout"]

@@ -1,0 +1,174 @@
+"""GEMM kernel configurations and the heuristic that picks one for a problem shape.
+
+A ``GemmConfig`` fixes everything the PTX template needs (block sizes, stages, cluster,
+layout kind); M, N and K are runtime arguments, so one compiled kernel serves every shape
+that picks the same config.
+"""
+from __future__ import annotations
+
+import dataclasses
+import functools
+import os
+
+SMEM_LIMIT = 232448          # 227 KiB of dynamic shared memory per CTA on sm_90
+BLOCK_K = 128
+BLOCK_MS = (64, 128, 256)
+BLOCK_NS = tuple(range(16, 257, 8))
+KINDS = ("dense", "contiguous", "masked")
+
+_num_sms: int | None = None
+
+
+def set_num_sms(n: int) -> None:
+    """Cap the number of SMs the persistent GEMM grid uses (0 < n <= the device's SM count)."""
+    from .launcher import sm_count
+    total = sm_count(0)
+    if not (isinstance(n, int) and 0 < n <= total):
+        raise ValueError(f"set_num_sms: n must be an int in [1, {total}], got {n!r}")
+    global _num_sms
+    _num_sms = n
+    _select.cache_clear()
+
+
+def get_num_sms() -> int:
+    if _num_sms is None:
+        from .launcher import sm_count
+        return sm_count(0)
+    return _num_sms
+
+
+@dataclasses.dataclass(frozen=True)
+class GemmConfig:
+    block_m: int
+    block_n: int
+    stages: int
+    cluster: int = 1                 # 1 or 2 CTAs sharing loads by TMA multicast
+    multicast_on_a: bool = True      # with cluster 2: share A (same M block) or B (same N block)
+    kind: str = "dense"
+    debug: bool = False              # bounded mbarrier waits that report and trap
+
+    def __post_init__(self):
+        if self.block_m not in BLOCK_MS:
+            raise ValueError(f"block_m must be one of {BLOCK_MS}, got {self.block_m}")
+        if self.block_n not in BLOCK_NS:
+            raise ValueError(f"block_n must be a multiple of 8 in [16, 256], got {self.block_n}")
+        if self.kind not in KINDS:
+            raise ValueError(f"kind must be one of {KINDS}")
+        if self.cluster not in (1, 2):
+            raise ValueError("cluster must be 1 or 2")
+        if self.stages < 1:
+            raise ValueError("stages must be >= 1")
+        if self.block_m > 128 and self.block_n > 128:
+            raise ValueError("block_m > 128 and block_n > 128 together do not fit the registers")
+        if self.smem_bytes > SMEM_LIMIT:
+            raise ValueError(f"{self} needs {self.smem_bytes} bytes of shared memory (> {SMEM_LIMIT})")
+
+    # ---- derived sizes -----------------------------------------------------------------
+    @property
+    def math_warpgroups(self) -> int:
+        return 1 if self.block_m == 64 else 2
+
+    @property
+    def threads(self) -> int:
+        return 128 * (self.math_warpgroups + 1)
+
+    @property
+    def waves(self) -> int:
+        """64-row WGMMA slabs each math warpgroup handles per tile."""
+        return self.block_m // (64 * self.math_warpgroups)
+
+    @property
+    def d_swizzle(self) -> int:
+        """TMA swizzle of the bf16 output tile: the widest of 128/64/32 B dividing a row."""
+        for s in (128, 64, 32):
+            if (self.block_n * 2) % s == 0:
+                return s
+        return 0
+
+    @property
+    def smem_layout(self) -> dict[str, int]:
+        """Byte offsets of each shared-memory region (base is 1024-byte aligned)."""
+        def up(x, a):
+            return (x + a - 1) // a * a
+        off = {}
+        cur = 0
+        off["d"] = cur
+        cur += up(self.block_m * self.block_n * 2, 1024)
+        off["a"] = cur
+        cur += self.stages * self.block_m * BLOCK_K
+        off["b"] = cur
+        cur += self.stages * self.block_n * BLOCK_K
+        off["sfa"] = cur
+        cur += self.stages * up(self.block_m * 4, 128)
+        off["bar"] = cur
+        cur += self.stages * 16          # full[S] then empty[S], 8 bytes each
+        off["end"] = cur
+        return off
+
+    @property
+    def smem_bytes(self) -> int:
+        return self.smem_layout["end"]
+
+    @property
+    def name(self) -> str:
+        mc = f"_mc{self.cluster}{'a' if self.multicast_on_a else 'b'}" if self.cluster > 1 else ""
+        dbg = "_debug" if self.debug else ""
+        return f"fp8gemm_{self.kind}_bm{self.block_m}_bn{self.block_n}_s{self.stages}{mc}{dbg}"
+
+
+def max_stages(block_m: int, block_n: int, k: int | None = None, cap: int = 8) -> int:
+    """The most stages that fit shared memory (and no more than there are K blocks)."""
+    best = 0
+    for s in range(1, cap + 1):
+        try:
+            GemmConfig(block_m, block_n, s)
+        except ValueError:
+            break
+        best = s
+    if k is not None:
+        best = min(best, max(1, -(-k // BLOCK_K)))
+    return best
+
+
+def ceil_div(a: int, b: int) -> int:
+    return -(-a // b)
+
+
+@functools.lru_cache(maxsize=4096)
+def _select(m: int, n: int, k: int, groups: int, kind: str, num_sms: int) -> tuple[GemmConfig, int]:
+    """Wave/tail-effect model: fewest waves, then the fullest last wave, then bigger tiles."""
+    block_ms = (128,) if kind == "contiguous" else BLOCK_MS
+    best = None
+    for bm in block_ms:
+        if kind != "contiguous" and bm == 256 and m <= 128:
+            continue
+        for bn in BLOCK_NS:
+            if bm > 128 and bn > 128:
+                continue
+            stages = max_stages(bm, bn, k)
+            if stages < min(3, ceil_div(k, BLOCK_K)):
+                continue
+            blocks = ceil_div(m, bm) * ceil_div(n, bn) * groups
+            waves = ceil_div(blocks, num_sms)
+            last = blocks - (waves - 1) * num_sms
+            # cost: per-SM work of the busiest SM in units of 64x8 sub-tiles, plus a
+            # per-tile overhead, so ties break toward fewer, larger tiles
+            work = waves * (bm // 64) * (bn // 8)
+            score = (work, -last, -bm * bn, bn)
+            if best is None or score < best[0]:
+                best = (score, GemmConfig(bm, bn, stages, kind=kind))
+    cfg = best[1]
+    blocks = ceil_div(m, cfg.block_m) * ceil_div(n, cfg.block_n) * groups
+    grid = min(num_sms, blocks)
+    return cfg, grid
+
+
+def select_config(m: int, n: int, k: int, groups: int = 1, kind: str = "dense",
+                  num_sms: int | None = None) -> tuple[GemmConfig, int]:
+    """(config, grid size) for a problem; ``FP8GEMM_PRINT_CONFIGS=1`` prints each choice."""
+    sms = num_sms or get_num_sms()
+    cfg, grid = _select(m, n, k, groups, kind, sms)
+    if os.environ.get("FP8GEMM_PRINT_CONFIGS", "0") not in ("", "0"):
+        print(f"fp8gemm: {kind} m={m} n={n} k={k} groups={groups} -> BM={cfg.block_m} BN={cfg.block_n} "
+              f"stages={cfg.stages} cluster={cfg.cluster} grid={grid} smem={cfg.smem_bytes}", flush=True)
+    return cfg, grid

@@ -1,0 +1,213 @@
+"""The FP8 GEMM: plans (the raw, pointer-level layer) and the array-level API.
+
+A ``GemmPlan`` holds a compiled kernel, its launch configuration and packed parameters for
+one problem shape; ``plan.launch(pointers..., stream)`` only writes the pointers into the
+parameter block (re-encoding a tensor map when its pointer changed) and launches.
+"""
+from __future__ import annotations
+
+import ctypes
+import os
+import struct
+from typing import Any
+
+from . import arrays, launcher, runtime
+from .arrays import as_view, check_dtype, check_rows, check_shape
+from .config import BLOCK_K, GemmConfig, ceil_div, select_config
+from .ptx_templates import gemm as template
+from .ptx_templates.builder import param_kinds
+
+_TMAP_A, _TMAP_B, _TMAP_SFA, _TMAP_D, _SFB, _LAYOUT, _DEBUG, _M, _N, _K, _G = range(11)
+
+
+def _debug_default() -> bool:
+    return os.environ.get("FP8GEMM_DEBUG", "0") not in ("", "0")
+
+
+class DeadlockError(RuntimeError):
+    """A debug build's mbarrier wait gave up (the kernel trapped)."""
+
+
+class GemmPlan:
+    """A compiled, configured GEMM for fixed (M, N, K) and row strides.
+
+    Strides are in elements: ``a_stride`` (row stride of A, default K), ``out_stride``
+    (row stride of D, default N), ``sfa_stride`` (distance between the columns of the
+    MN-major A scales, default M rounded up to 4).
+    """
+
+    def __init__(self, m: int, n: int, k: int, *, config: GemmConfig | None = None,
+                 num_sms: int | None = None, device: int = 0, a_stride: int | None = None,
+                 out_stride: int | None = None, sfa_stride: int | None = None, b_stride: int | None = None,
+                 debug: bool | None = None, sass_pass: bool | None = None):
+        if m < 1 or n < 1 or k < 1:
+            raise ValueError(f"plan_gemm: m, n, k must be positive, got {(m, n, k)}")
+        if n % 8:
+            raise ValueError(f"plan_gemm: N = {n} must be a multiple of 8 (16-byte rows of bf16 D)")
+        if k % 16:
+            raise ValueError(f"plan_gemm: K = {k} must be a multiple of 16 (16-byte rows of e4m3 A and B)")
+        debug = _debug_default() if debug is None else debug
+        if config is None:
+            config, grid = select_config(m, n, k, num_sms=num_sms)
+        else:
+            from .config import get_num_sms
+            tiles = ceil_div(m, config.block_m) * ceil_div(n, config.block_n)
+            grid = min(num_sms or get_num_sms(), tiles)
+        if debug and not config.debug:
+            import dataclasses
+            config = dataclasses.replace(config, debug=True)
+        self.m, self.n, self.k, self.device = m, n, k, device
+        self.config, self.grid = config, grid
+        self.kb = ceil_div(k, BLOCK_K)
+        self.a_stride = a_stride or k
+        self.b_stride = b_stride or k
+        self.out_stride = out_stride or n
+        self.sfa_stride = sfa_stride or ceil_div(m, 4) * 4
+        for name, s, w in (("a_stride", self.a_stride, k), ("b_stride", self.b_stride, k),
+                           ("out_stride", self.out_stride, n)):
+            if s < w:
+                raise ValueError(f"plan_gemm: {name} = {s} is smaller than the row width {w}")
+        if (self.out_stride * 2) % 16 or self.a_stride % 16 or self.b_stride % 16:
+            raise ValueError("plan_gemm: row strides must be multiples of 16 bytes")
+        if self.sfa_stride < m or self.sfa_stride % 4:
+            raise ValueError(f"plan_gemm: sfa_stride = {self.sfa_stride} must be >= M and a multiple of 4")
+        cfg = config
+        self.fn, self.compiled = runtime.get_function(("gemm", cfg), lambda: template.build(cfg), device,
+                                                      cfg.smem_bytes, post_pass=sass_pass)
+        self.kernel = launcher.Launch(self.fn, (grid, 1, 1), (cfg.threads, 1, 1), cfg.smem_bytes,
+                                      (cfg.cluster, 1, 1))
+        self.params = launcher.ParamPack([ty for _, ty in template.PARAMS])
+        self.params[_M], self.params[_N], self.params[_K], self.params[_G] = m, n, k, 1
+        self.params[_LAYOUT] = 0
+        self.debug_buffer = None
+        if cfg.debug:
+            self.debug_buffer = launcher.DeviceBuffer(64, device)
+            self.debug_buffer.upload(bytes(64))
+            self.params[_DEBUG] = self.debug_buffer.ptr
+        else:
+            self.params[_DEBUG] = 0
+        self._ptrs = [None] * 4   # a, sfa, b, d: pointers the tensor maps were encoded for
+
+    # ---- tensor maps ---------------------------------------------------------------------
+    def _encode(self, which: int, ptr: int) -> None:
+        c, m, n, k = self.config, self.m, self.n, self.k
+        if which == 0:
+            tm = launcher.encode_tensor_map("uint8", ptr, (k, m), (self.a_stride,), (BLOCK_K, c.block_m), 128)
+            self.params[_TMAP_A] = tm
+        elif which == 1:
+            tm = launcher.encode_tensor_map("float32", ptr, (m, self.kb), (self.sfa_stride * 4,), (c.block_m, 1), 0)
+            self.params[_TMAP_SFA] = tm
+        elif which == 2:
+            tm = launcher.encode_tensor_map("uint8", ptr, (k, n), (self.b_stride,), (BLOCK_K, c.block_n), 128)
+            self.params[_TMAP_B] = tm
+        else:
+            swz = c.d_swizzle
+            box = (swz // 2 if swz else c.block_n, min(c.block_m, m))
+            tm = launcher.encode_tensor_map("bfloat16", ptr, (n, m), (self.out_stride * 2,), box, swz)
+            self.params[_TMAP_D] = tm
+        self._ptrs[which] = ptr
+
+    def launch(self, a_ptr: int, a_scales_ptr: int, b_ptr: int, b_scales_ptr: int, out_ptr: int,
+               stream: int = 0) -> None:
+        """Launch on raw device pointers (ints) and a raw CUstream (int)."""
+        ptrs = self._ptrs
+        if a_ptr != ptrs[0]:
+            self._encode(0, a_ptr)
+        if a_scales_ptr != ptrs[1]:
+            self._encode(1, a_scales_ptr)
+        if b_ptr != ptrs[2]:
+            self._encode(2, b_ptr)
+        if out_ptr != ptrs[3]:
+            self._encode(3, out_ptr)
+        self.params[_SFB] = b_scales_ptr
+        self.kernel(self.params.address, stream)
+
+    def debug_info(self) -> tuple | None:
+        """After a trapped debug launch: (block, warp, barrier 1=full/2=empty, stage, parity)."""
+        if self.debug_buffer is None:
+            return None
+        raw = bytes(self.debug_buffer.download())
+        if struct.unpack_from("<I", raw, 0)[0] == 0:
+            return None
+        return struct.unpack_from("<5I", raw, 16)
+
+    def __repr__(self) -> str:
+        return (f"GemmPlan(m={self.m}, n={self.n}, k={self.k}, {self.config.name}, grid={self.grid}, "
+                f"regs={self.compiled.resources.registers}, smem={self.config.smem_bytes})")
+
+
+def plan_gemm(m: int, n: int, k: int, **kw) -> GemmPlan:
+    """The raw layer: a plan for D[m, n] = A[m, k] . B[n, k]^T (see ``GemmPlan``)."""
+    return GemmPlan(m, n, k, **kw)
+
+
+# ---- array-level API ------------------------------------------------------------------------
+_plans: dict[tuple, GemmPlan] = {}
+
+
+def _check_operands(lhs, rhs, out):
+    if not (isinstance(lhs, tuple) and len(lhs) == 2):
+        raise TypeError("lhs must be a tuple (a, a_scales)")
+    if not (isinstance(rhs, tuple) and len(rhs) == 2):
+        raise TypeError("rhs must be a tuple (b, b_scales)")
+    a, sa = as_view(lhs[0], "a"), as_view(lhs[1], "a_scales")
+    b, sb = as_view(rhs[0], "b"), as_view(rhs[1], "b_scales")
+    d = as_view(out, "out")
+    check_dtype(a, "a", "float8_e4m3fn")
+    check_dtype(b, "b", "float8_e4m3fn")
+    check_dtype(sa, "a_scales", "float32")
+    check_dtype(sb, "b_scales", "float32")
+    check_dtype(d, "out", "bfloat16")
+    check_shape(a, "a", (None, None))
+    m, k = a.shape
+    check_shape(b, "b", (None, k))
+    n = b.shape[0]
+    check_shape(d, "out", (m, n))
+    kb = ceil_div(k, BLOCK_K)
+    check_shape(sa, "a_scales", (m, kb))
+    check_shape(sb, "b_scales", (ceil_div(n, BLOCK_K), kb))
+    if k % 16:
+        raise ValueError(f"a: K = {k} must be a multiple of 16 (16-byte rows for TMA)")
+    if n % 8:
+        raise ValueError(f"b: N = {n} must be a multiple of 8 (16-byte rows of the bf16 output)")
+    for v, name in ((a, "a"), (b, "b"), (d, "out")):
+        check_rows(v, name)
+    if m > 1 and sa.strides[0] != 1:
+        raise ValueError(f"a_scales: must be MN-major (stride 1 along M), got strides {sa.strides}; "
+                         "per_token_cast_to_fp8 writes this layout")
+    sfa_stride = sa.strides[1] if kb > 1 else ceil_div(m, 4) * 4
+    if kb > 1 and (sfa_stride < m or sfa_stride % 4):
+        raise ValueError(f"a_scales: column stride {sfa_stride} must be >= M and a multiple of 4 "
+                         "(TMA-aligned; see get_tma_aligned_size)")
+    if sa.ptr % 16:
+        raise ValueError("a_scales: data pointer must be 16-byte aligned")
+    nb = ceil_div(n, BLOCK_K)
+    if (kb > 1 and sb.strides[1] != 1) or (nb > 1 and sb.strides[0] != kb):
+        raise ValueError(f"b_scales: must be a contiguous row-major [{nb}, {kb}] array, got strides {sb.strides}")
+    if sb.ptr % 4:
+        raise ValueError("b_scales: data pointer must be 4-byte aligned")
+    return a, sa, b, sb, d, sfa_stride
+
+
+def gemm_fp8_fp8_bf16_nt(lhs: tuple, rhs: tuple, out: Any, stream: Any = None,
+                         config: GemmConfig | None = None) -> None:
+    """out[M, N] (bf16) = (a * a_scales) . (b * b_scales)^T with 1x128 / 128x128 scaling.
+
+    lhs = (a e4m3 [M, K], a_scales f32 [M, ceil(K/128)] MN-major, TMA-aligned)
+    rhs = (b e4m3 [N, K], b_scales f32 [ceil(N/128), ceil(K/128)] row-major)
+    """
+    a, sa, b, sb, d, sfa_stride = _check_operands(lhs, rhs, out)
+    m, k = a.shape
+    n = b.shape[0]
+    device = arrays.check_same_device({"a": a, "a_scales": sa, "b": b, "b_scales": sb, "out": d})
+    if m == 0 or n == 0:
+        return
+    if k == 0:
+        raise ValueError("a: K must be positive")
+    launcher.context_for(device)
+    key = (m, n, k, a.strides[0], b.strides[0], d.strides[0], sfa_stride, device, config)
+    plan = _plans.get(key)
+    if plan is None:
+        plan = _plans[key] = GemmPlan(m, n, k, config=config, device=device, a_stride=a.strides[0],
+                                      b_stride=b.strides[0], out_stride=d.strides[0], sfa_stride=sfa_stride)
+    plan.launch(a.ptr, sa.ptr, b.ptr, sb.ptr, d.ptr, arrays.resolve_stream(stream, [a], device))
