@@ -134,33 +134,60 @@ def ceil_div(a: int, b: int) -> int:
     return -(-a // b)
 
 
+# Cost model, in SM clock cycles per 128-wide K block of one tile:
+#   tensor cores: 64x8x32 e4m3 WGMMA atoms at 4096 FMA/clk/SM -> BM*BN/32 cycles, derated for
+#     one math warpgroup (its promotion FFMAs cannot hide behind a second warpgroup's WGMMA);
+#   operand traffic: (BM + BN) * 128 bytes at ~64 bytes/clk/SM of L2 bandwidth.
+# A tile costs max of the two per K block plus its epilogue; the busiest SM runs
+# ceil(tiles / SMs) tiles.
+L2_BYTES_PER_CLK = 64.0
+MMA_EFFICIENCY = {64: 0.65, 128: 0.9, 256: 0.92}
+MAX_BLOCK_N = {64: 192, 128: 160, 256: 128}   # accumulator + promoted registers must fit
+
+
+def tile_cycles(bm: int, bn: int, k: int) -> float:
+    kb = ceil_div(k, BLOCK_K)
+    mma = bm * bn / 32 / MMA_EFFICIENCY[bm]
+    load = (bm + bn) * BLOCK_K / L2_BYTES_PER_CLK
+    epilogue = bm * bn * 2 / L2_BYTES_PER_CLK + 200
+    return kb * max(mma, load) + epilogue
+
+
 @functools.lru_cache(maxsize=4096)
 def _select(m: int, n: int, k: int, groups: int, kind: str, num_sms: int) -> tuple[GemmConfig, int]:
-    """Wave/tail-effect model: fewest waves, then the fullest last wave, then bigger tiles."""
     block_ms = (128,) if kind == "contiguous" else BLOCK_MS
     best = None
     for bm in block_ms:
-        if kind != "contiguous" and bm == 256 and m <= 128:
+        if bm == 256 and m <= 128:
             continue
         for bn in BLOCK_NS:
-            if bm > 128 and bn > 128:
+            if bn > MAX_BLOCK_N[bm]:
                 continue
             stages = max_stages(bm, bn, k)
             if stages < min(3, ceil_div(k, BLOCK_K)):
                 continue
             blocks = ceil_div(m, bm) * ceil_div(n, bn) * groups
             waves = ceil_div(blocks, num_sms)
-            last = blocks - (waves - 1) * num_sms
-            # cost: per-SM work of the busiest SM in units of 64x8 sub-tiles, plus a
-            # per-tile overhead, so ties break toward fewer, larger tiles
-            work = waves * (bm // 64) * (bn // 8)
-            score = (work, -last, -bm * bn, bn)
+            cost = waves * tile_cycles(bm, bn, k)
+            score = (cost, -bm * bn)
             if best is None or score < best[0]:
                 best = (score, GemmConfig(bm, bn, stages, kind=kind))
     cfg = best[1]
     blocks = ceil_div(m, cfg.block_m) * ceil_div(n, cfg.block_n) * groups
     grid = min(num_sms, blocks)
     return cfg, grid
+
+
+def candidate_configs(k: int = 1 << 14, kind: str = "dense") -> list[GemmConfig]:
+    """Every config the heuristic can return (for compile tests and forced-config GPU tests)."""
+    out = []
+    for bm in ((128,) if kind == "contiguous" else BLOCK_MS):
+        for bn in BLOCK_NS:
+            if bn <= MAX_BLOCK_N[bm]:
+                s = max_stages(bm, bn, k)
+                if s:
+                    out.append(GemmConfig(bm, bn, s, kind=kind))
+    return out
 
 
 def select_config(m: int, n: int, k: int, groups: int = 1, kind: str = "dense",

@@ -17,6 +17,10 @@ except ImportError:  # pragma: no cover - cuda-bindings < 12.6 layout
     from cuda import cuda as _d  # type: ignore
 
 
+class NoDriverError(RuntimeError):
+    """No usable CUDA driver (no GPU, or the driver library is missing)."""
+
+
 class CudaError(RuntimeError):
     """A CUDA driver call failed."""
 
@@ -48,7 +52,12 @@ def init() -> None:
     if not _initialised:
         with _lock:
             if not _initialised:
-                _drv("cuInit", 0)
+                try:
+                    res = _d.cuInit(0)
+                except Exception as e:  # the driver library itself is missing
+                    raise NoDriverError(f"CUDA driver not available: {e}") from None
+                if res[0] != _SUCCESS:
+                    raise NoDriverError(f"CUDA driver not available: {CudaError('cuInit', res[0])}")
                 _initialised = True
 
 

@@ -6,7 +6,17 @@ use by name (``%amax``, ``%acc_3``) so the generated code reads like the design 
 """
 from __future__ import annotations
 
+import re
+
 PTX_VERSION = "8.0"
+
+# PTX special registers: a user register with one of these names silently reads the
+# special one instead (e.g. %pm0 is a performance counter), so the builder refuses them.
+_SPECIAL = re.compile(r"^%(tid|ntid|laneid|warpid|nwarpid|ctaid|nctaid|smid|nsmid|gridid|clock|clock64|"
+                      r"lanemask_(eq|le|lt|ge|gt)|pm[0-7](_64)?|envreg\d+|globaltimer(_lo|_hi)?|"
+                      r"reserved_smem_\w+|total_smem_size|dynamic_smem_size|aggr_smem_size|"
+                      r"current_graph_exec|is_explicit_cluster|clusterid|nclusterid|cluster_ctaid|"
+                      r"cluster_nctaid|cluster_ctarank|cluster_nctarank)$")
 TARGET = "sm_90a"
 
 
@@ -32,6 +42,8 @@ class Kernel:
     def reg(self, ty: str, name: str) -> str:
         """Declare register ``%name`` of PTX type ``ty`` (idempotent) and return it."""
         full = name if name.startswith("%") else "%" + name
+        if _SPECIAL.match(full):
+            raise ValueError(f"register name {full} is a PTX special register")
         prev = self._decls.get(full)
         if prev is not None and prev != ty:
             raise ValueError(f"register {full} redeclared as {ty} (was {prev})")

@@ -187,7 +187,7 @@ class GemmGen:
         k(f"@{p_done} bra.uni L_prod_drain")
         m_blk, n_blk = k.reg("u32", "pm_blk"), k.reg("u32", "pn_blk")
         self.tile_coords(tile, m_blk, n_blk)
-        m0, n0 = k.reg("u32", "pm0"), k.reg("u32", "pn0")
+        m0, n0 = k.reg("u32", "prod_m0"), k.reg("u32", "prod_n0")
         k(f"mul.lo.u32 {m0}, {m_blk}, {c.block_m}")
         k(f"mul.lo.u32 {n0}, {n_blk}, {c.block_n}")
         kb = k.reg("u32", "pkb")
