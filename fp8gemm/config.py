@@ -13,7 +13,13 @@ import os
 SMEM_LIMIT = 232448          # 227 KiB of dynamic shared memory per CTA on sm_90
 BLOCK_K = 128
 BLOCK_MS = (64, 128, 256)
-BLOCK_NS = tuple(range(16, 257, 8))
+def _two_scale_blocks_at_most(bn: int) -> bool:
+    """A BN-wide tile at any multiple of BN touches at most two 128-wide B-scale blocks."""
+    import math
+    return bn <= 128 + math.gcd(bn, 128)
+
+
+BLOCK_NS = tuple(bn for bn in range(16, 257, 8) if _two_scale_blocks_at_most(bn))
 KINDS = ("dense", "contiguous", "masked")
 
 _num_sms: int | None = None
@@ -51,7 +57,8 @@ class GemmConfig:
         if self.block_m not in BLOCK_MS:
             raise ValueError(f"block_m must be one of {BLOCK_MS}, got {self.block_m}")
         if self.block_n not in BLOCK_NS:
-            raise ValueError(f"block_n must be a multiple of 8 in [16, 256], got {self.block_n}")
+            raise ValueError(f"block_n must be a multiple of 8 in [16, 256] whose tiles touch at most two "
+                             f"128-wide B-scale blocks (BN <= 128 + gcd(BN, 128)), got {self.block_n}")
         if self.kind not in KINDS:
             raise ValueError(f"kind must be one of {KINDS}")
         if self.cluster not in (1, 2):
@@ -145,9 +152,14 @@ MMA_EFFICIENCY = {64: 0.65, 128: 0.9, 256: 0.92}
 MAX_BLOCK_N = {64: 192, 128: 160, 256: 128}   # accumulator + promoted registers must fit
 
 
+TWO_SCALE_PENALTY = 1.15     # BN not dividing 128: a select per promoted element (measured slower)
+
+
 def tile_cycles(bm: int, bn: int, k: int) -> float:
     kb = ceil_div(k, BLOCK_K)
     mma = bm * bn / 32 / MMA_EFFICIENCY[bm]
+    if 128 % bn:
+        mma *= TWO_SCALE_PENALTY
     load = (bm + bn) * BLOCK_K / L2_BYTES_PER_CLK
     epilogue = bm * bn * 2 / L2_BYTES_PER_CLK + 200
     return kb * max(mma, load) + epilogue

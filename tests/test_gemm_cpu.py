@@ -17,8 +17,18 @@ def test_candidate_space_covers_the_design():
     bms = {c.block_m for c in CONFIGS}
     bns = {c.block_n for c in CONFIGS}
     assert bms == {64, 128, 256}
-    assert set(range(16, 161, 8)) <= bns
+    assert set(range(16, 129, 8)) | {136, 144, 160} <= bns
     assert all(c.smem_bytes <= SMEM_LIMIT for c in CONFIGS)
+
+
+def test_tiles_touch_at_most_two_scale_blocks():
+    """The promotion selects between two B scales, so no tile may span three 128-wide blocks."""
+    for c in CONFIGS:
+        for j in range(256):
+            n0 = j * c.block_n
+            assert (n0 + c.block_n - 1) // 128 - n0 // 128 <= 1, c
+    with pytest.raises(ValueError, match="two"):
+        GemmConfig(64, 176, 4)
 
 
 @pytest.mark.parametrize("cfg", CONFIGS, ids=lambda c: c.name)

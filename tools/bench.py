@@ -159,7 +159,7 @@ def _cublas_blockwise(torch, a_bf, b_bf, aq, sa, bq, sb):
     sb_pad = torch.zeros(sb.shape[0], kb4, device="cuda")
     sb_pad[:, :kb] = sb
     ST = F.ScalingType
-    attempts = [(sa_mn, sb_pad), (sa_mn, sb_pad.t().contiguous().t()), (sa_mn, sb), (sa_mn, sb.t())]
+    attempts = [(sa_mn, sb_pad[:, :kb].t()), (sa_mn, sb_pad), (sa_mn, sb_pad.t().contiguous().t()), (sa_mn, sb), (sa_mn, sb.t())]
     ref = (a_bf.float() @ b_bf.float().t())
     for sa_try, sb_try in attempts:
         try:
