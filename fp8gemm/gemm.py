@@ -172,6 +172,8 @@ def _check_operands(lhs, rhs, out):
         raise ValueError(f"b: N = {n} must be a multiple of 8 (16-byte rows of the bf16 output)")
     for v, name in ((a, "a"), (b, "b"), (d, "out")):
         check_rows(v, name)
+    if m == 0:   # nothing to compute; strides of empty arrays are meaningless
+        return a, sa, b, sb, d, 4
     if m > 1 and sa.strides[0] != 1:
         raise ValueError(f"a_scales: must be MN-major (stride 1 along M), got strides {sa.strides}; "
                          "per_token_cast_to_fp8 writes this layout")
