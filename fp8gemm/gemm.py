@@ -6,7 +6,6 @@ parameter block (re-encoding a tensor map when its pointer changed) and launches
 """
 from __future__ import annotations
 
-import ctypes
 import os
 import struct
 from typing import Any
@@ -15,7 +14,6 @@ from . import arrays, launcher, runtime
 from .arrays import as_view, check_dtype, check_rows, check_shape
 from .config import BLOCK_K, GemmConfig, ceil_div, select_config
 from .ptx_templates import gemm as template
-from .ptx_templates.builder import param_kinds
 
 _TMAP_A, _TMAP_B, _TMAP_SFA, _TMAP_D, _SFB, _LAYOUT, _DEBUG, _M, _N, _K, _G = range(11)
 

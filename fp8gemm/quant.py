@@ -15,7 +15,7 @@ from .ptx_templates import quant as templates
 from .reference import ceil_div, tma_aligned_size
 
 _SRC = {"bfloat16": "bf16", "float32": "f32"}
-_launches: dict[tuple, launcher.Launch] = {}
+_launches: dict[tuple, tuple] = {}
 
 
 def _empty(shape, dtype: str, like: View, device: int, strides=None, alloc_shape=None):
@@ -54,11 +54,13 @@ def _check_q(out: Any, name: str, shape) -> View:
 def _launch(kind: str, src: str, device: int, grid, params: list, stream: int) -> None:
     make = templates.per_token_kernel if kind == "token" else templates.per_block_kernel
     key = (kind, src, device, tuple(grid))
-    lc = _launches.get(key)
-    if lc is None:
+    hit = _launches.get(key)
+    if hit is None:
         fn, _ = runtime.get_function(("quant", kind, src), lambda: make(src), device)
-        lc = _launches[key] = launcher.Launch(fn, grid, (templates.THREADS, 1, 1), 0)
-    pack = launcher.ParamPack(["u64", "u64", "u64", "u32", "u32", "u64", "u64", "u32"])
+        # parameters are copied at launch, so one pack per launch shape is reused
+        hit = _launches[key] = (launcher.Launch(fn, grid, (templates.THREADS, 1, 1), 0),
+                                launcher.ParamPack(["u64", "u64", "u64", "u32", "u32", "u64", "u64", "u32"]))
+    lc, pack = hit
     for i, p in enumerate(params):
         pack[i] = p
     lc(pack.address, stream)
