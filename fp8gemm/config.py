@@ -10,7 +10,8 @@ import dataclasses
 import functools
 import os
 
-SMEM_LIMIT = 232448          # 227 KiB of dynamic shared memory per CTA on sm_90
+SMEM_LIMIT = 232448          # 227 KiB of shared memory per CTA on sm_90
+STATIC_SMEM = 1024           # ptxas emits a 1 KiB .nv.shared section for the 1024-aligned extern
 BLOCK_K = 128
 BLOCK_MS = (64, 128, 256)
 def _two_scale_blocks_at_most(bn: int) -> bool:
@@ -67,7 +68,7 @@ class GemmConfig:
             raise ValueError("stages must be >= 1")
         if self.block_m > 128 and self.block_n > 128:
             raise ValueError("block_m > 128 and block_n > 128 together do not fit the registers")
-        if self.smem_bytes > SMEM_LIMIT:
+        if self.smem_bytes + STATIC_SMEM > SMEM_LIMIT:
             raise ValueError(f"{self} needs {self.smem_bytes} bytes of shared memory (> {SMEM_LIMIT})")
 
     # ---- derived sizes -----------------------------------------------------------------
@@ -112,13 +113,33 @@ class GemmConfig:
         off["end"] = cur
         return off
 
+    def units(self, m: int, n: int, groups: int = 1) -> int:
+        """Work units the persistent grid walks: tiles, or tile pairs sharing a multicast operand."""
+        mb, nb = ceil_div(m, self.block_m), ceil_div(n, self.block_n)
+        if self.cluster > 1:
+            if self.multicast_on_a:
+                nb = ceil_div(nb, self.cluster)
+            else:
+                mb = ceil_div(mb, self.cluster)
+        return mb * nb * groups
+
+    def grid(self, m: int, n: int, num_sms: int, groups: int = 1) -> int:
+        """CTAs to launch: one per SM at most, whole clusters, no idle cluster."""
+        clusters = min(num_sms // self.cluster, self.units(m, n, groups))
+        return max(1, clusters) * self.cluster
+
     @property
     def smem_bytes(self) -> int:
         return self.smem_layout["end"]
 
     @property
+    def multicast_tag(self) -> str:
+        """'' without a cluster, else 'a' or 'b': the operand shared by TMA multicast."""
+        return "" if self.cluster == 1 else ("a" if self.multicast_on_a else "b")
+
+    @property
     def name(self) -> str:
-        mc = f"_mc{self.cluster}{'a' if self.multicast_on_a else 'b'}" if self.cluster > 1 else ""
+        mc = f"_mc{self.cluster}{self.multicast_tag}" if self.cluster > 1 else ""
         dbg = "_debug" if self.debug else ""
         return f"fp8gemm_{self.kind}_bm{self.block_m}_bn{self.block_n}_s{self.stages}{mc}{dbg}"
 
@@ -148,8 +169,9 @@ def ceil_div(a: int, b: int) -> int:
 # A tile costs max of the two per K block plus its epilogue; the busiest SM runs
 # ceil(tiles / SMs) tiles.
 L2_BYTES_PER_CLK = 64.0
-MMA_EFFICIENCY = {64: 0.65, 128: 0.9, 256: 0.92}
+MMA_EFFICIENCY = {64: 0.65, 128: 0.85, 256: 0.92}
 MAX_BLOCK_N = {64: 192, 128: 160, 256: 128}   # accumulator + promoted registers must fit
+MAX_BLOCK_N_CLUSTER = {64: 160, 128: 160, 256: 128}   # 64x192 spills with the cluster bookkeeping
 
 
 TWO_SCALE_PENALTY = 1.15     # BN not dividing 128: a select per promoted element (measured slower)
@@ -178,16 +200,30 @@ def _select(m: int, n: int, k: int, groups: int, kind: str, num_sms: int) -> tup
             stages = max_stages(bm, bn, k)
             if stages < min(3, ceil_div(k, BLOCK_K)):
                 continue
-            blocks = ceil_div(m, bm) * ceil_div(n, bn) * groups
-            waves = ceil_div(blocks, num_sms)
-            cost = waves * tile_cycles(bm, bn, k)
-            score = (cost, -bm * bn)
-            if best is None or score < best[0]:
-                best = (score, GemmConfig(bm, bn, stages, kind=kind))
+            for mc in multicast_options(kind, m, bm, bn, num_sms):
+                cfg = GemmConfig(bm, bn, stages, cluster=2 if mc else 1, multicast_on_a=mc != "b", kind=kind)
+                clusters = num_sms // cfg.cluster
+                waves = ceil_div(cfg.units(m, n, groups), clusters)
+                cost = waves * tile_cycles(bm, bn, k) * (MULTICAST_GAIN if mc else 1.0)
+                score = (cost, -bm * bn, mc != "")
+                if best is None or score < best[0]:
+                    best = (score, cfg)
     cfg = best[1]
-    blocks = ceil_div(m, cfg.block_m) * ceil_div(n, cfg.block_n) * groups
-    grid = min(num_sms, blocks)
-    return cfg, grid
+    return cfg, cfg.grid(m, n, num_sms, groups)
+
+
+# Multicast, measured on the H100 (benchmarks/NOTES.md, 2026-11-23): sharing A between two
+# 128-row CTAs with BN dividing 128 ran 1-3% faster; at BM = 256, with two-scale BN, or
+# sharing B it was level or slower. So the heuristic offers only that case, credited 2%.
+MULTICAST_GAIN = 0.98
+MULTICAST_MIN_M = 512
+
+
+def multicast_options(kind: str, m: int, bm: int, bn: int, num_sms: int) -> tuple[str, ...]:
+    """'' (no cluster) and, where measured to pay, 'a' (2-CTA cluster sharing A)."""
+    if num_sms % 2 or m < MULTICAST_MIN_M or bm != 128 or 128 % bn:
+        return ("",)
+    return ("", "a")
 
 
 def candidate_configs(k: int = 1 << 14, kind: str = "dense") -> list[GemmConfig]:
@@ -198,7 +234,11 @@ def candidate_configs(k: int = 1 << 14, kind: str = "dense") -> list[GemmConfig]
             if bn <= MAX_BLOCK_N[bm]:
                 s = max_stages(bm, bn, k)
                 if s:
-                    out.append(GemmConfig(bm, bn, s, kind=kind))
+                    for mc in ("", "a", "b"):
+                        if mc and bn > MAX_BLOCK_N_CLUSTER[bm]:
+                            continue
+                        out.append(GemmConfig(bm, bn, s, cluster=2 if mc else 1, multicast_on_a=mc != "b",
+                                              kind=kind))
     return out
 
 
@@ -209,5 +249,6 @@ def select_config(m: int, n: int, k: int, groups: int = 1, kind: str = "dense",
     cfg, grid = _select(m, n, k, groups, kind, sms)
     if os.environ.get("FP8GEMM_PRINT_CONFIGS", "0") not in ("", "0"):
         print(f"fp8gemm: {kind} m={m} n={n} k={k} groups={groups} -> BM={cfg.block_m} BN={cfg.block_n} "
-              f"stages={cfg.stages} cluster={cfg.cluster} grid={grid} smem={cfg.smem_bytes}", flush=True)
+              f"stages={cfg.stages} cluster={cfg.cluster}{cfg.multicast_tag} grid={grid} smem={cfg.smem_bytes}",
+              flush=True)
     return cfg, grid

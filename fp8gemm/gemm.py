@@ -26,6 +26,16 @@ class DeadlockError(RuntimeError):
     """A debug build's mbarrier wait gave up (the kernel trapped)."""
 
 
+_resident: dict[tuple, int] = {}
+
+
+def _resident_clusters(kernel, cfg: GemmConfig) -> int:
+    key = (id(kernel.fn), cfg)
+    if key not in _resident:
+        _resident[key] = max(1, launcher.max_active_clusters(kernel))
+    return _resident[key]
+
+
 class GemmPlan:
     """A compiled, configured GEMM for fixed (M, N, K) and row strides.
 
@@ -49,8 +59,7 @@ class GemmPlan:
             config, grid = select_config(m, n, k, num_sms=num_sms)
         else:
             from .config import get_num_sms
-            tiles = ceil_div(m, config.block_m) * ceil_div(n, config.block_n)
-            grid = min(num_sms or get_num_sms(), tiles)
+            grid = config.grid(m, n, num_sms or get_num_sms())
         if debug and not config.debug:
             import dataclasses
             config = dataclasses.replace(config, debug=True)
@@ -74,6 +83,14 @@ class GemmPlan:
                                                       cfg.smem_bytes, post_pass=sass_pass)
         self.kernel = launcher.Launch(self.fn, (grid, 1, 1), (cfg.threads, 1, 1), cfg.smem_bytes,
                                       (cfg.cluster, 1, 1))
+        if cfg.cluster > 1:
+            # a GPC with an odd number of free SMs cannot host a whole cluster on its last one;
+            # a persistent grid larger than what is resident would run its last clusters late
+            resident = _resident_clusters(self.kernel, cfg)
+            if grid > resident * cfg.cluster:
+                self.grid = grid = resident * cfg.cluster
+                self.kernel = launcher.Launch(self.fn, (grid, 1, 1), (cfg.threads, 1, 1), cfg.smem_bytes,
+                                              (cfg.cluster, 1, 1))
         self.params = launcher.ParamPack([ty for _, ty in template.PARAMS])
         self.params[_M], self.params[_N], self.params[_K], self.params[_G] = m, n, k, 1
         self.params[_LAYOUT] = 0

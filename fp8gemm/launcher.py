@@ -235,6 +235,12 @@ class Launch:
             raise CudaError("cuLaunchKernelEx", res[0])
 
 
+def max_active_clusters(launch: "Launch") -> int:
+    """How many clusters of ``launch``'s shape can be resident at once (GPC limits included)."""
+    cfg = launch.config
+    return int(_drv("cuOccupancyMaxActiveClusters", launch.fn, cfg))
+
+
 # ---- small memory helpers (tests, tools, outputs allocated without a framework) -----------
 class DeviceBuffer:
     """Owned device memory (cuMemAlloc / cuMemFree)."""

@@ -63,10 +63,107 @@ def test_ptx_structure(cfg):
     assert "cp.async.bulk.tensor.2d.global.shared::cta.bulk_group" in ptx
     assert "mbarrier.arrive.expect_tx" in ptx and "stmatrix.sync.aligned" in ptx
     assert "fence.proxy.async.shared::cta" in ptx
-    # the promotion: one FFMA per accumulator element per slab and K block
-    assert ptx.count("fma.rn.f32") == cfg.block_n // 2 * cfg.waves
     two = 128 % cfg.block_n != 0
-    assert ("selp.f32" in ptx) == two
+    splits = template.split_points(cfg.block_n) if two else [0]
+    # one unrolled promotion block per split point of the two B-scale blocks
+    assert ptx.count("fma.rn.f32") == cfg.block_n // 2 * cfg.waves * len(splits)
+    assert "selp.f32" not in ptx
+
+
+@pytest.mark.parametrize("bn", [24, 112, 160, 192])
+def test_two_scale_dispatch_reaches_the_right_block(bn):
+    """Follow the PTX branch chain for every split value: it must land in that value's FFMA block."""
+    cfg = GemmConfig(64, bn, 4)
+    lines = [x.strip() for x in template.build(cfg).render().splitlines()]
+    start = next(i for i, x in enumerate(lines) if x.startswith("setp.eq.u32 %p_split"))
+    labels = {x[:-1]: i for i, x in enumerate(lines) if x.endswith(":")}
+    for v in template.split_points(bn):
+        i = start
+        while True:                                     # the chain: setp.eq / @p bra pairs
+            m = re.match(r"setp\.eq\.u32 (%p_split_\d+), %former, (\d+);", lines[i])
+            if not m:
+                break
+            if int(m.group(2)) == v:
+                i = labels[re.match(r"@%p_split_\d+ bra\.uni (\w+);", lines[i + 1]).group(1)]
+                break
+            i += 2
+        nxt = next(x for x in lines[i:] if x.startswith("// slices"))
+        assert nxt.startswith(f"// slices 0..{v - 1} scaled by the first"), (v, nxt)
+
+
+def test_split_points():
+    assert template.split_points(112) == [2, 4, 6, 8, 10, 12, 14]
+    assert template.split_points(160) == [4, 8, 12, 16]
+    assert template.split_points(24) == [1, 2, 3]
+    assert template.split_points(144) == [2, 4, 6, 8, 10, 12, 14, 16]
+
+
+@pytest.mark.parametrize("cfg", [GemmConfig(128, 128, 5, cluster=2), GemmConfig(256, 112, 3, cluster=2,
+                                                                        multicast_on_a=False)],
+                         ids=lambda c: c.name)
+def test_multicast_ptx_structure(cfg):
+    ptx = template.build(cfg).render()
+    shared = ("tmap_a", "tmap_sfa") if cfg.multicast_on_a else ("tmap_b",)
+    mc = re.findall(r"@%p_rank0 cp\.async\.bulk\.tensor\.2d\S*\.multicast::cluster \[[^]]+\], \[%(\w+),", ptx)
+    assert sorted(mc) == sorted(shared)                         # only rank 0 issues the shared loads
+    assert ptx.count("cp.async.bulk.tensor.2d.shared::cluster.global.tile") == 3
+    # empty barriers count the math warps of both CTAs; consumers arrive locally and remotely
+    assert re.search(r"mbarrier\.init\.shared::cta\.b64 \[%%smem_bar\+%d\], %d;" %
+                     (8 * cfg.stages, 8 * cfg.math_warpgroups), ptx)
+    assert "mapa.shared::cluster.u32" in ptx
+    assert "mbarrier.arrive.shared::cluster.b64" in ptx
+    assert "release.cluster.shared::cluster" not in ptx and "acquire.cluster" not in ptx   # MEMBAR.GPU / CCTL
+    assert ptx.count("barrier.cluster.arrive") == 2 and ptx.count("barrier.cluster.wait") == 2
+    assert "%clusterid.x" in ptx and "%cluster_ctarank" in ptx
+
+
+def _simulate_units(cfg, m, n, grid):
+    """The PTX unit scheduler in Python: (cta -> list of (m_blk, n_blk, ghost))."""
+    from fp8gemm.ptx_templates.gemm import STRIP
+    mb, nb = -(-m // cfg.block_m), -(-n // cfg.block_n)
+    um, un = mb, nb
+    if cfg.cluster > 1:
+        if cfg.multicast_on_a:
+            un = -(-nb // 2)
+        else:
+            um = -(-mb // 2)
+    strip_w = STRIP // 2 if cfg.cluster > 1 and cfg.multicast_on_a else STRIP
+    work = {}
+    for cta in range(grid):
+        start, step = (cta // 2, grid // 2) if cfg.cluster > 1 else (cta, grid)
+        out = []
+        for u in range(start, um * un, step):
+            strip, inner = divmod(u, um * strip_w)
+            width = min(un - strip * strip_w, strip_w)
+            a, b = divmod(inner, width)
+            b += strip * strip_w
+            if cfg.cluster == 1:
+                out.append((a, b, False))
+            elif cfg.multicast_on_a:
+                mine = 2 * b + cta % 2
+                out.append((a, mine - (mine >= nb), mine >= nb))
+            else:
+                mine = 2 * a + cta % 2
+                out.append((mine - (mine >= mb), b, mine >= mb))
+        work[cta] = out
+    return work, mb, nb
+
+
+@pytest.mark.parametrize("mc", ["", "a", "b"])
+@pytest.mark.parametrize("m,n", [(4096, 7168), (333, 1000), (129, 24576), (8192, 136), (1, 8)])
+def test_unit_scheduler_covers_every_tile_once(mc, m, n):
+    cfg = GemmConfig(128, 112, 4, cluster=2 if mc else 1, multicast_on_a=mc != "b")
+    grid = cfg.grid(m, n, 132)
+    work, mb, nb = _simulate_units(cfg, m, n, grid)
+    stored = [(a, b) for w in work.values() for a, b, ghost in w if not ghost]
+    assert sorted(stored) == [(a, b) for a in range(mb) for b in range(nb)]
+    if cfg.cluster > 1:
+        for c in range(0, grid, 2):                      # the two CTAs of a cluster stay in step ...
+            r0, r1 = work[c], work[c + 1]
+            assert len(r0) == len(r1)
+            for (a0, b0, g0), (a1, b1, g1) in zip(r0, r1):
+                assert not g0                            # ... rank 0 never idles, and they share A or B
+                assert (a0 == a1) if cfg.multicast_on_a else (b0 == b1)
 
 
 def test_builder_refuses_special_register_names():
@@ -80,9 +177,10 @@ def test_builder_refuses_special_register_names():
                                    (8192, 8, 16384), (100000, 4096, 128)])
 def test_heuristic(m, n, k):
     cfg, grid = select_config(m, n, k, num_sms=132)
-    assert 1 <= grid <= 132
-    tiles = fp8gemm.ceil_div(m, cfg.block_m) * fp8gemm.ceil_div(n, cfg.block_n)
-    assert grid == min(132, tiles)
+    assert 1 <= grid <= 132 and grid % cfg.cluster == 0
+    assert grid == cfg.cluster * min(132 // cfg.cluster, cfg.units(m, n))
+    if m < 512:
+        assert cfg.cluster == 1            # multicast only pays off with enough M blocks
     assert cfg.stages <= max(1, fp8gemm.ceil_div(k, 128))
     assert cfg.smem_bytes <= SMEM_LIMIT
 
@@ -90,6 +188,18 @@ def test_heuristic(m, n, k):
 def test_heuristic_prefers_big_tiles_for_big_problems():
     cfg, _ = select_config(4096, 7168, 16384, num_sms=132)
     assert cfg.block_m >= 128 and cfg.block_n >= 64
+
+
+def test_heuristic_uses_multicast_where_measured_to_pay():
+    cfg, grid = select_config(2048, 7168, 16384, num_sms=132)
+    assert (cfg.block_m, cfg.cluster, cfg.multicast_on_a) == (128, 2, True) and grid % 2 == 0
+    cfg, _ = select_config(2048, 7168, 16384, num_sms=131)        # odd SM count: no clusters
+    assert cfg.cluster == 1
+
+
+def test_grouped_kinds_are_not_silently_dense():
+    with pytest.raises(NotImplementedError):
+        template.build(GemmConfig(128, 128, 4, kind="masked"))
 
 
 def test_print_configs(monkeypatch, capsys):

@@ -146,47 +146,89 @@ DENSE_SHAPES = [(m, n, k) for m in (64, 128, 4096)
                                (4096, 7168), (7168, 2048), (7168, 576))]
 
 
+def timed_variants(fns: dict, rounds: int = 5, iters: int = 10) -> dict:
+    """Median seconds per variant, the variants interleaved round by round so clock and
+    thermal drift hit them alike."""
+    import torch
+    buf = torch.empty(256 * 1024 * 1024 // 4, dtype=torch.int32, device="cuda")
+    for fn in fns.values():
+        for _ in range(3):
+            fn()
+    events = {name: [] for name in fns}
+    for _ in range(rounds):
+        for name, fn in fns.items():
+            for _ in range(iters):
+                buf.zero_()
+                torch.cuda._sleep(20_000)
+                a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+                a.record()
+                fn()
+                b.record()
+                events[name].append((a, b))
+    torch.cuda.synchronize()
+    return {name: statistics.median(x.elapsed_time(y) for x, y in ev) * 1e-3 for name, ev in events.items()}
+
+
 def _cublas_blockwise(torch, a_bf, b_bf, aq, sa, bq, sb):
-    """A callable running cuBLAS FP8 with 1x128 / 128x128 block scales, or None if unsupported."""
+    """(callable, note): cuBLAS FP8 with 1x128 / 128x128 block scales through torch.
+
+    cuBLAS wants B's scales as a (K blocks, N blocks) view padded along K to 4 blocks. Where it
+    rejects K (not a multiple of 128), A and B are zero-padded along K: same scales, same
+    answer, and the FLOPs credited stay those of the unpadded problem.
+    """
     F = torch.nn.functional
     if not hasattr(F, "scaled_mm") or not hasattr(F, "ScalingType"):
         return None, "unavailable"
-    m, k = aq.shape
-    n = bq.shape[0]
-    kb = -(-k // 128)
-    kb4 = -(-kb // 4) * 4
-    sa_mn = sa.contiguous().t().contiguous().t()                # [M, kb], stride (1, M)
-    sb_pad = torch.zeros(sb.shape[0], kb4, device="cuda")
-    sb_pad[:, :kb] = sb
     ST = F.ScalingType
-    attempts = [(sa_mn, sb_pad[:, :kb].t()), (sa_mn, sb_pad), (sa_mn, sb_pad.t().contiguous().t()), (sa_mn, sb), (sa_mn, sb.t())]
-    ref = (a_bf.float() @ b_bf.float().t())
-    for sa_try, sb_try in attempts:
-        try:
-            fn = (lambda sa_try=sa_try, sb_try=sb_try: F.scaled_mm(
-                aq, bq.t(), sa_try, ST.BlockWise1x128, sb_try, ST.BlockWise128x128,
-                output_dtype=torch.bfloat16))
-            out = fn()
-            torch.cuda.synchronize()
-            x, y = out.double(), ref.double()
-            diff = (1 - 2 * (x * y).sum() / (x * x + y * y).sum()).item()
+    ref = (a_bf.float() @ b_bf.float().t()).double()
+
+    def attempt(aq, bq, kpad_note):
+        m, k = aq.shape
+        kb = -(-k // 128)
+        kb4 = -(-kb // 4) * 4
+        sa_mn = sa.contiguous().t().contiguous().t()            # [M, kb], stride (1, M)
+        sb_pad = torch.zeros(sb.shape[0], kb4, device="cuda")
+        sb_pad[:, :kb] = sb
+        last = "no layout tried"
+        for sb_try in (sb_pad[:, :kb].t(), sb_pad.t(), sb_pad, sb.t()):
+            fn = (lambda sb_try=sb_try: F.scaled_mm(aq, bq.t(), sa_mn, ST.BlockWise1x128, sb_try,
+                                                    ST.BlockWise128x128, output_dtype=torch.bfloat16))
+            try:
+                x = fn().double()
+                torch.cuda.synchronize()
+            except Exception as e:  # noqa: BLE001 - try the next layout
+                last = str(e).splitlines()[0][:120]
+                continue
+            diff = (1 - 2 * (x * ref).sum() / (x * x + ref * ref).sum()).item()
             if diff < 1e-2:
-                return fn, f"blockwise (scale_b {tuple(sb_try.shape)} strides {sb_try.stride()})"
-        except Exception as e:  # noqa: BLE001 - try the next layout
-            last = str(e).splitlines()[0][:120]
-    return None, f"failed: {last}"
+                return fn, f"blockwise{kpad_note} (scale_b {tuple(sb_try.shape)} strides {sb_try.stride()})"
+            last = f"wrong answer (diff {diff:.2e})"
+        return None, last
+
+    fn, note = attempt(aq, bq, "")
+    if fn is None and aq.shape[1] % 128:
+        k = aq.shape[1]
+        kp = -(-k // 128) * 128
+        ap = torch.zeros(aq.shape[0], kp, device="cuda", dtype=aq.dtype)
+        bp = torch.zeros(bq.shape[0], kp, device="cuda", dtype=bq.dtype)
+        ap[:, :k], bp[:, :k] = aq, bq
+        fn, note2 = attempt(ap, bp, f" on K zero-padded {k}->{kp}")
+        note = note2 if fn else f"{note}; padded: {note2}"
+    return fn, note
 
 
 def bench_gemm(args) -> dict:
+    import math
     import torch
     import fp8gemm
+    from fp8gemm import GemmConfig
     shapes = DENSE_SHAPES
     if args.shapes:
         shapes = [tuple(int(x) for x in s.split("x")) for s in args.shapes.split(",")]
-    passes = [p.strip() == "on" for p in args.sass_pass.split(",")] if args.sass_pass else [None]
     records = []
-    baseline_note = None
-    print(f"{'m':>6} {'n':>6} {'k':>6}  {'config':34s} {'fp8gemm':>8} {'GB/s':>6} {'cuBLAS':>8} {'bf16':>7} {'x cuBLAS':>8}")
+    notes = set()
+    print(f"{'m':>6} {'n':>6} {'k':>6}  {'config':30s} {'fp8gemm':>8} {'GB/s':>6} {'cuBLAS':>8} {'bf16':>7} "
+          f"{'x cuBLAS':>8}  variants")
     for (m, n, k) in shapes:
         g = torch.Generator(device="cuda").manual_seed(m + n + k)
         a_bf = torch.randn(m, k, device="cuda", generator=g).to(torch.bfloat16)
@@ -194,45 +236,79 @@ def bench_gemm(args) -> dict:
         aq, sa = fp8gemm.per_token_cast_to_fp8(a_bf)
         bq, sb = fp8gemm.per_block_cast_to_fp8(b_bf)
         out = torch.empty(m, n, device="cuda", dtype=torch.bfloat16)
+        ptrs = (aq.data_ptr(), sa.data_ptr(), bq.data_ptr(), sb.data_ptr(), out.data_ptr())
+        stream = torch.cuda.current_stream().cuda_stream
+        flops = 2 * m * n * k
+        nbytes = m * k + n * k + 2 * m * n + 4 * (sa.numel() + sb.numel())
         rec = {"kind": "dense", "m": m, "n": n, "k": k, "groups": 1}
-        for sp in passes:
-            plan = fp8gemm.plan_gemm(m, n, k, sfa_stride=sa.stride(1), sass_pass=sp)
-            ptrs = (aq.data_ptr(), sa.data_ptr(), bq.data_ptr(), sb.data_ptr(), out.data_ptr())
-            stream = torch.cuda.current_stream().cuda_stream
-            t = timed(lambda: plan.launch(*ptrs, stream))
-            flops = 2 * m * n * k
-            nbytes = m * k + n * k + 2 * m * n + 4 * (sa.numel() + sb.numel())
-            tag = "" if sp is None else ("_sass_on" if sp else "_sass_off")
-            rec.update({f"tflops{tag}": flops / t / 1e12, f"gbps{tag}": nbytes / t / 1e9, f"us{tag}": t * 1e6})
-            rec["config"] = plan.config.name
-            rec["grid"] = plan.grid
-        rec["host_us_plan_launch"] = host_overhead(lambda: plan.launch(*ptrs, stream)) * 1e6
-        rec["host_us_api"] = host_overhead(lambda: fp8gemm.gemm_fp8_fp8_bf16_nt((aq, sa), (bq, sb), out)) * 1e6
-        fn, note = _cublas_blockwise(torch, a_bf, b_bf, aq, sa, bq, sb)
-        baseline_note = baseline_note or note
-        rec["cublas_blockwise_tflops"] = 2 * m * n * k / timed(fn) / 1e12 if fn else None
-        rec["bf16_tflops"] = 2 * m * n * k / timed(lambda: a_bf @ b_bf.t()) / 1e12
+
+        def plan_for(**kw):
+            return fp8gemm.plan_gemm(m, n, k, sfa_stride=sa.stride(1), **kw)
+
+        plan = plan_for()
+        rec["config"], rec["grid"] = plan.config.name, plan.grid
+        plans = {"": plan}
+        if args.sass_pass:
+            for v in args.sass_pass.split(","):
+                plans[f"sass_{v}"] = plan_for(config=plan.config, sass_pass=v.strip() == "on")
+        if args.multicast:
+            base = plan.config
+            for v in args.multicast.split(","):
+                v = v.strip()
+                cfg = GemmConfig(base.block_m, base.block_n, base.stages, cluster=1 if v == "off" else 2,
+                                 multicast_on_a=v != "b")
+                plans[f"mc_{v}"] = plan_for(config=cfg)
+        fns = {name: (lambda p=p: p.launch(*ptrs, stream)) for name, p in plans.items()}
+        cb_fn, note = _cublas_blockwise(torch, a_bf, b_bf, aq, sa, bq, sb)
+        notes.add(note)
+        if cb_fn:
+            fns["cublas"] = cb_fn
+        fns["bf16"] = lambda: a_bf @ b_bf.t()
+        times = timed_variants(fns, rounds=args.rounds)
+        for name, t in times.items():
+            if name in ("cublas", "bf16"):
+                continue
+            tag = f"_{name}" if name else ""
+            rec[f"tflops{tag}"] = flops / t / 1e12
+            rec[f"gbps{tag}"] = nbytes / t / 1e9
+            rec[f"us{tag}"] = t * 1e6
+            if name:
+                rec[f"config{tag}"] = plans[name].config.name
+        rec["cublas_blockwise_tflops"] = flops / times["cublas"] / 1e12 if "cublas" in times else None
+        rec["cublas_note"] = note
+        rec["bf16_tflops"] = flops / times["bf16"] / 1e12
+        rec["host_us_plan_launch"] = host_overhead(fns[""]) * 1e6
         records.append(rec)
-        main_t = rec.get("tflops", rec.get("tflops_sass_off"))
         cb = rec["cublas_blockwise_tflops"]
-        print(f"{m:6d} {n:6d} {k:6d}  {rec['config'][8:42]:34s} {main_t:8.1f} {rec.get('gbps', rec.get('gbps_sass_off')):6.0f} "
-              f"{cb or float('nan'):8.1f} {rec['bf16_tflops']:7.1f} {main_t / cb if cb else float('nan'):8.3f}", flush=True)
-    import math
-    ratios = [r.get("tflops", r.get("tflops_sass_off")) / r["cublas_blockwise_tflops"]
-              for r in records if r["cublas_blockwise_tflops"]]
-    geo = math.exp(sum(math.log(x) for x in ratios) / len(ratios)) if ratios else None
-    res = {"records": records, "cublas_baseline": baseline_note, "geomean_vs_cublas_blockwise": geo}
-    if len(passes) == 2:
+        extra = "  ".join(f"{n_}={rec['tflops_' + n_]:.0f}" for n_ in plans if n_)
+        print(f"{m:6d} {n:6d} {k:6d}  {rec['config'][14:44]:30s} {rec['tflops']:8.1f} {rec['gbps']:6.0f} "
+              f"{cb or float('nan'):8.1f} {rec['bf16_tflops']:7.1f} {rec['tflops'] / cb if cb else float('nan'):8.3f}"
+              f"  {extra}", flush=True)
+
+    def geo(xs):
+        xs = list(xs)
+        return math.exp(sum(math.log(x) for x in xs) / len(xs)) if xs else None
+
+    res = {"records": records, "cublas_baseline": sorted(notes),
+           "geomean_vs_cublas_blockwise": geo(r["tflops"] / r["cublas_blockwise_tflops"]
+                                              for r in records if r["cublas_blockwise_tflops"]),
+           "shapes_with_cublas": sum(1 for r in records if r["cublas_blockwise_tflops"])}
+    if args.sass_pass and len(args.sass_pass.split(",")) == 2:
         r = [x["tflops_sass_on"] / x["tflops_sass_off"] for x in records]
-        res["geomean_sass_on_over_off"] = math.exp(sum(math.log(x) for x in r) / len(r))
-        print(f"SASS pass on/off geomean: {res['geomean_sass_on_over_off']:.4f}")
-    print(f"cuBLAS baseline: {baseline_note}")
-    if geo:
-        print(f"geomean fp8gemm / cuBLAS blockwise over {len(ratios)} shapes: {geo:.3f}")
-    comp = compile_times([(plan.config.name, __import__("fp8gemm.ptx_templates.gemm", fromlist=["build"]).build(plan.config))])
-    res["compile"] = comp
-    print(f"compile {comp[0]['kernel']}: cold {comp[0]['cold_compile_ms']:.0f} ms, disk {comp[0]['disk_load_ms']:.2f} ms, "
-          f"module load {comp[0]['module_load_ms']:.2f} ms")
+        res["geomean_sass_on_over_off"] = geo(r)
+        res["worst_sass_on_over_off"] = min(r)
+        print(f"SASS pass on/off: geomean {geo(r):.4f}, worst shape {min(r):.4f}")
+    if args.multicast:
+        for v in args.multicast.split(","):
+            v = v.strip()
+            if v != "off" and "off" in args.multicast:
+                r = [x[f"tflops_mc_{v}"] / x["tflops_mc_off"] for x in records]
+                res[f"geomean_mc_{v}_over_off"] = geo(r)
+                print(f"multicast {v} / off: geomean {geo(r):.4f}, min {min(r):.3f}, max {max(r):.3f}")
+    print("cuBLAS baseline:", "; ".join(sorted(notes)))
+    if res["geomean_vs_cublas_blockwise"]:
+        print(f"geomean fp8gemm / cuBLAS blockwise over {res['shapes_with_cublas']} shapes: "
+              f"{res['geomean_vs_cublas_blockwise']:.3f}")
     return res
 
 
@@ -245,6 +321,8 @@ def main(argv=None) -> int:
     pg.add_argument("--json", help="write results here")
     pg.add_argument("--shapes", help="comma-separated MxNxK list (default: DeepGEMM's 21 dense shapes)")
     pg.add_argument("--sass-pass", help="'on,off' to time the SASS pass both ways on the same PTX")
+    pg.add_argument("--multicast", help="'off,a,b': also time the chosen tile with each cluster mode")
+    pg.add_argument("--rounds", type=int, default=5, help="interleaved rounds of 10 timed calls per variant")
     args = p.parse_args(argv)
     res = {"quant": bench_quant, "gemm": bench_gemm}[args.what](args)
     res = {"device": device_name(), "commit": git_commit(),

@@ -12,8 +12,13 @@ import fp8gemm  # noqa: E402
 from fp8gemm import GemmConfig  # noqa: E402
 from gemm_util import check, make_inputs, reference  # noqa: E402
 
-for m, n, k, cfg in ((100, 264, 640, GemmConfig(64, 88, 4)), (300, 512, 1024, GemmConfig(128, 112, 4)),
-                     (520, 256, 512, GemmConfig(256, 128, 3))):
+CASES = ((100, 264, 640, GemmConfig(64, 88, 4)), (300, 512, 1024, GemmConfig(128, 112, 4)),
+         (520, 256, 512, GemmConfig(256, 128, 3)),
+         # 2-CTA clusters with TMA multicast, with a ghost tile (odd pair count) each
+         (200, 3 * 112, 1024, GemmConfig(128, 112, 4, cluster=2)),
+         (300, 256, 640, GemmConfig(128, 128, 4, cluster=2, multicast_on_a=False)),
+         (600, 384, 512, GemmConfig(256, 128, 3, cluster=2, multicast_on_a=False)))
+for m, n, k, cfg in CASES:
     lhs, rhs, out, unq = make_inputs(torch, m, n, k, seed=7)
     fp8gemm.gemm_fp8_fp8_bf16_nt(lhs, rhs, out, config=cfg)
     torch.cuda.synchronize()

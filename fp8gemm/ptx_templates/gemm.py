@@ -9,6 +9,10 @@ Structure (see DESIGN.md section 3):
   * per 128-wide K block: 4 x ``wgmma m64nBNk32`` into a temporary accumulator, then the
     promotion ``final += tmp * (sfa[row] * sfb)`` on CUDA cores (two-level accumulation)
   * epilogue: bf16 via ``stmatrix`` into a swizzled tile, TMA store, waited one tile later
+  * cluster 2 (optional): the two CTAs of a cluster work on neighbouring tiles that share A
+    (same M block) or B (same N block); rank 0 loads the shared operand once and TMA multicasts
+    it into both CTAs.  Each CTA's consumers release a stage on both CTAs' ``empty`` barriers,
+    so neither producer refills a stage the other CTA is still reading.
 """
 from __future__ import annotations
 
@@ -44,7 +48,10 @@ class GemmGen:
         k(f"setp.ne.u32 {pf}, 0, 0")
 
     def wait(self, bar_addr: str, parity: str, what: str, bar_index: str) -> None:
-        """Spin on ``mbarrier.try_wait.parity``; the debug build gives up after a bound."""
+        """Spin on ``mbarrier.try_wait.parity``; the debug build gives up after a bound.
+
+        The default .acquire.cta also serves barriers the peer CTA arrives on: .cluster scope
+        would put a CCTL.IVALL (L1 invalidate) after every successful wait."""
         k = self.k
         top, done = k.fresh_label(f"wait_{what}"), k.fresh_label(f"waited_{what}")
         p = k.tmp("pred", "p_ready")
@@ -90,21 +97,45 @@ class GemmGen:
         k(f"@{p} mov.u32 {stage}, 0")
         k(f"@{p} xor.b32 {phase}, {phase}, 1")
 
-    def tile_coords(self, tile: str, m_blk: str, n_blk: str) -> None:
-        """tile index -> (m block, n block): strips of STRIP n-blocks, M-major inside a strip."""
-        k = self.k
+    def unit_coords(self, unit: str, m_blk: str, n_blk: str, ghost: str) -> None:
+        """Work unit -> this CTA's (m block, n block) and whether it is a ghost.
+
+        Units are walked in strips of STRIP n-blocks, n fastest inside a strip, so the tiles
+        running at the same time share A rows and B columns in L2.  Without a cluster a unit
+        is one tile.  With multicast on A a unit is two N-neighbours (same M block) and this
+        CTA takes n = 2u + rank; on B it is two M-neighbours.  When the pair sticks out past
+        the last block, rank 1 recomputes rank 0's tile and does not store it (a ghost), so
+        both CTAs always run the same number of pipeline stages.
+        """
+        c, k = self.c, self.k
+        strip_w = STRIP // c.cluster if c.cluster > 1 and c.multicast_on_a else STRIP
         per_strip, strip, first, width, inner = (k.tmp("u32", n) for n in
                                                   ("per_strip", "strip", "first_n", "width", "inner"))
-        k(f"mul.lo.u32 {per_strip}, %m_blocks, {STRIP}")
-        k(f"div.u32 {strip}, {tile}, {per_strip}")
-        k(f"mul.lo.u32 {first}, {strip}, {STRIP}")
-        k(f"sub.u32 {width}, %n_blocks, {first}")
-        k(f"min.u32 {width}, {width}, {STRIP}")
-        k(f"rem.u32 {inner}, {tile}, {per_strip}")
-        k(f"div.u32 {m_blk}, {inner}, {width}")
+        um, un = k.tmp("u32", "unit_m"), k.tmp("u32", "unit_n")
+        k(f"mul.lo.u32 {per_strip}, %units_m, {strip_w}")
+        k(f"div.u32 {strip}, {unit}, {per_strip}")
+        k(f"mul.lo.u32 {first}, {strip}, {strip_w}")
+        k(f"sub.u32 {width}, %units_n, {first}")
+        k(f"min.u32 {width}, {width}, {strip_w}")
+        k(f"rem.u32 {inner}, {unit}, {per_strip}")
+        k(f"div.u32 {um}, {inner}, {width}")
         rem = k.tmp("u32", "n_in_strip")
         k(f"rem.u32 {rem}, {inner}, {width}")
-        k(f"add.u32 {n_blk}, {first}, {rem}")
+        k(f"add.u32 {un}, {first}, {rem}")
+        if c.cluster == 1:
+            k(f"mov.u32 {m_blk}, {um}")
+            k(f"mov.u32 {n_blk}, {un}")
+            k(f"setp.ne.u32 {ghost}, 0, 0")
+            return
+        if c.multicast_on_a:      # same M block, N blocks 2u and 2u + 1
+            k(f"mov.u32 {m_blk}, {um}")
+            mine, pair_idx, limit = n_blk, un, "%n_blocks"
+        else:                     # same N block, M blocks 2u and 2u + 1
+            k(f"mov.u32 {n_blk}, {un}")
+            mine, pair_idx, limit = m_blk, um, "%m_blocks"
+        k(f"mad.lo.u32 {mine}, {pair_idx}, 2, %cta_rank", "this CTA's half of the pair")
+        k(f"setp.ge.u32 {ghost}, {mine}, {limit}")
+        k(f"@{ghost} sub.u32 {mine}, {mine}, 1", "past the end: redo the peer's tile, no store")
 
     # ---- the kernel ------------------------------------------------------------------------
     def build(self) -> Kernel:
@@ -135,9 +166,25 @@ class GemmGen:
         k(f"div.u32 %m_blocks, %m_blocks, {c.block_m}")
         k(f"add.u32 %n_blocks, %shape_n, {c.block_n - 1}")
         k(f"div.u32 %n_blocks, %n_blocks, {c.block_n}")
-        k("mul.lo.u32 %num_tiles, %m_blocks, %n_blocks")
-        k.reg("u32", "grid")
-        k("mov.u32 %grid, %nctaid.x")
+        k.comment("work units: tiles, or tile pairs that share an operand when clustered")
+        for r in ("units_m", "units_n", "num_units", "unit_start", "unit_step"):
+            k.reg("u32", r)
+        k("mov.u32 %units_m, %m_blocks")
+        k("mov.u32 %units_n, %n_blocks")
+        if c.cluster == 1:
+            k("mov.u32 %unit_start, %ctaid.x")
+            k("mov.u32 %unit_step, %nctaid.x")
+        else:
+            pair_dim = "%units_n" if c.multicast_on_a else "%units_m"
+            k(f"add.u32 {pair_dim}, {pair_dim}, 1")
+            k(f"shr.u32 {pair_dim}, {pair_dim}, 1")
+            k("mov.u32 %unit_start, %clusterid.x")
+            k("mov.u32 %unit_step, %nclusterid.x")
+            k.reg("u32", "cta_rank")
+            k("mov.u32 %cta_rank, %cluster_ctarank")
+            k.reg("pred", "p_rank0")
+            k("setp.eq.u32 %p_rank0, %cta_rank, 0")
+        k("mul.lo.u32 %num_units, %units_m, %units_n")
         thread, warp, lane = k.reg("u32", "thread"), k.reg("u32", "warp"), k.reg("u32", "lane")
         k(f"mov.u32 {thread}, %tid.x")
         k(f"shr.u32 {warp}, {thread}, 5")
@@ -152,12 +199,21 @@ class GemmGen:
             k(f"prefetch.tensormap [%tmap_{t}]")
         for s in range(c.stages):
             k(f"mbarrier.init.shared::cta.b64 [%smem_bar+{8 * s}], 1", f"full[{s}]: the producer's arrive + TMA bytes")
-            k(f"mbarrier.init.shared::cta.b64 [%smem_bar+{8 * (c.stages + s)}], {4 * c.math_warpgroups}",
-              f"empty[{s}]: one arrive per math warp")
+            k(f"mbarrier.init.shared::cta.b64 [%smem_bar+{8 * (c.stages + s)}], {4 * c.math_warpgroups * c.cluster}",
+              f"empty[{s}]: one arrive per math warp" + (" of both CTAs" if c.cluster > 1 else ""))
         k("fence.mbarrier_init.release.cluster")
         k("fence.proxy.async.shared::cta")
         k.label("L_init_done")
-        k("bar.sync 0")
+        if c.cluster == 1:
+            k("bar.sync 0")
+        else:
+            k.comment("both CTAs' barriers must exist before either CTA signals or multicasts into the other")
+            k("barrier.cluster.arrive.release.aligned")
+            k("barrier.cluster.wait.acquire.aligned")
+            k.reg("u32", "peer_bar")
+            k.reg("u32", "peer_rank")
+            k("xor.b32 %peer_rank, %cta_rank, 1")
+            k("mapa.shared::cluster.u32 %peer_bar, %smem_bar, %peer_rank", "the peer CTA's barrier block")
 
         p_prod = k.reg("pred", "p_producer")
         k(f"setp.ge.u32 {p_prod}, {thread}, {producer_first}")
@@ -178,15 +234,18 @@ class GemmGen:
         stage, phase = k.reg("u32", "pstage"), k.reg("u32", "pphase")
         k(f"mov.u32 {stage}, 0")
         k(f"mov.u32 {phase}, 0")
-        tile = k.reg("u32", "ptile")
-        k(f"mov.u32 {tile}, %ctaid.x")
+        tile = k.reg("u32", "punit")
+        k(f"mov.u32 {tile}, %unit_start")
         tx_bytes = c.block_m * BLOCK_K + c.block_n * BLOCK_K + c.block_m * 4
+        if c.cluster > 1:
+            k.reg("b16", "mc_mask")
+            k(f"mov.b16 %mc_mask, {(1 << c.cluster) - 1}", "both CTAs of the cluster")
         k.label("L_prod_tile")
         p_done = k.reg("pred", "p_prod_done")
-        k(f"setp.ge.u32 {p_done}, {tile}, %num_tiles")
+        k(f"setp.ge.u32 {p_done}, {tile}, %num_units")
         k(f"@{p_done} bra.uni L_prod_drain")
         m_blk, n_blk = k.reg("u32", "pm_blk"), k.reg("u32", "pn_blk")
-        self.tile_coords(tile, m_blk, n_blk)
+        self.unit_coords(tile, m_blk, n_blk, k.reg("pred", "p_pghost"))
         m0, n0 = k.reg("u32", "prod_m0"), k.reg("u32", "prod_n0")
         k(f"mul.lo.u32 {m0}, {m_blk}, {c.block_m}")
         k(f"mul.lo.u32 {n0}, {n_blk}, {c.block_n}")
@@ -208,22 +267,30 @@ class GemmGen:
         k(f"mad.lo.u32 {ssf}, {stage}, {sfa_stride}, %smem_sfa")
         kx = k.reg("u32", "pk_elem")
         k(f"shl.b32 {kx}, {kb}, 7")
-        tail = ".mbarrier::complete_tx::bytes"
-        k(f"cp.async.bulk.tensor.2d.shared::cluster.global.tile{tail} [{sa}], [%tmap_a, {{{kx}, {m0}}}], [{full}]",
-          "A tile: 128 K x BM rows")
-        k(f"cp.async.bulk.tensor.2d.shared::cluster.global.tile{tail} [{sb}], [%tmap_b, {{{kx}, {n0}}}], [{full}]",
-          "B tile: 128 K x BN rows")
-        k(f"cp.async.bulk.tensor.2d.shared::cluster.global.tile{tail} [{ssf}], [%tmap_sfa, {{{m0}, {kb}}}], [{full}]",
-          "A scales: BM rows of K block kb")
+        loads = [("a", sa, f"{kx}, {m0}", "A tile: 128 K x BM rows"),
+                 ("b", sb, f"{kx}, {n0}", "B tile: 128 K x BN rows"),
+                 ("sfa", ssf, f"{m0}, {kb}", "A scales: BM rows of K block kb")]
+        shared = () if c.cluster == 1 else (("a", "sfa") if c.multicast_on_a else ("b",))
+        op = "cp.async.bulk.tensor.2d.shared::cluster.global.tile.mbarrier::complete_tx::bytes"
+        for name, dst, coords, what in loads:
+            if name in shared:
+                k(f"@%p_rank0 {op}.multicast::cluster [{dst}], [%tmap_{name}, {{{coords}}}], [{full}], %mc_mask",
+                  what + ", rank 0 multicasts it to both CTAs")
+            else:
+                k(f"{op} [{dst}], [%tmap_{name}, {{{coords}}}], [{full}]", what)
         self.advance(stage, phase)
         k(f"add.u32 {kb}, {kb}, 1")
         p_more = k.reg("pred", "p_prod_more")
         k(f"setp.lt.u32 {p_more}, {kb}, %k_blocks")
         k(f"@{p_more} bra.uni L_prod_k")
-        k(f"add.u32 {tile}, {tile}, %grid")
+        k(f"add.u32 {tile}, {tile}, %unit_step")
         k("bra.uni L_prod_tile")
         k.label("L_prod_drain")
         k.label("L_exit")
+        if c.cluster > 1:
+            k.comment("no CTA leaves while its peer may still arrive on its barriers")
+            k("barrier.cluster.arrive.release")
+            k("barrier.cluster.wait.acquire")
         k("exit")
 
     # ---- math warpgroups -------------------------------------------------------------------
@@ -254,18 +321,18 @@ class GemmGen:
         stage, phase = k.reg("u32", "stage"), k.reg("u32", "phase")
         k("mov.u32 %stage, 0")
         k("mov.u32 %phase, 0")
-        tile = k.reg("u32", "tile")
-        k("mov.u32 %tile, %ctaid.x")
+        tile = k.reg("u32", "unit")
+        k("mov.u32 %unit, %unit_start")
         acc = k.regs("f32", "acc", nacc)
         fin = [k.regs("f32", f"final{w}", nacc) for w in range(waves)]
         two_scales = 128 % bn != 0
 
         k.label("L_math_tile")
         p_done = k.reg("pred", "p_math_done")
-        k("setp.ge.u32 %p_math_done, %tile, %num_tiles")
+        k("setp.ge.u32 %p_math_done, %unit, %num_units")
         k("@%p_math_done bra.uni L_math_end")
         m_blk, n_blk = k.reg("u32", "m_blk"), k.reg("u32", "n_blk")
-        self.tile_coords(tile, m_blk, n_blk)
+        self.unit_coords(tile, m_blk, n_blk, k.reg("pred", "p_ghost"))
         k.comment("B-scale rows for this tile (a tile may straddle two 128-wide N blocks)")
         sfb_row0 = k.reg("u64", "sfb_row0")
         n0 = k.reg("u32", "n0")
@@ -276,17 +343,12 @@ class GemmGen:
         k(f"mul.lo.u32 {tmp}, %b_blk, %k_blocks")
         k(f"mad.wide.u32 %sfb_row0, {tmp}, 4, %sfb_ptr")
         if two_scales:
-            # slices i < former use the first scale block, the rest the next one
-            former = k.reg("u32", "former")
+            # 8-column slices i < former use the first scale block, the rest the next one
+            k.reg("u32", "former")
             k("and.b32 %former, %n0, 127")
             k("sub.u32 %former, 128, %former")
             k("shr.u32 %former, %former, 3")
-            nsl = bn // 8
-            self.slice_first = []
-            for i in range(nsl):
-                p = k.reg("pred", f"p_first_blk_{i}")
-                k(f"setp.lt.u32 {p}, {i}, %former")
-                self.slice_first.append(p)
+            k(f"min.u32 %former, %former, {bn // 8}")
             sfb_row1 = k.reg("u64", "sfb_row1")
             nb_total = k.tmp("u32", "nbt")
             k(f"add.u32 {nb_total}, %shape_n, 127")
@@ -365,6 +427,15 @@ class GemmGen:
                 empty = k.tmp("u32", "empty_bar")
                 k(f"add.u32 {empty}, %full_bar, {8 * c.stages}")
                 k(f"@%p_lane0 mbarrier.arrive.shared::cta.b64 _, [{empty}]")
+                if c.cluster > 1:
+                    remote = k.tmp("u32", "peer_empty")
+                    k(f"mad.lo.u32 {remote}, %stage, 8, %peer_bar")
+                    k(f"add.u32 {remote}, {remote}, {8 * c.stages}")
+                    # .release.cta, not .cluster: a cluster-scope release is a MEMBAR.ALL.GPU per
+                    # arrive (2x slower kernels); the stage's reads are complete here already
+                    # (wgmma.wait_group 0, and the A scales were loaded before the WGMMAs)
+                    k(f"@%p_lane0 mbarrier.arrive.shared::cluster.b64 _, [{remote}]",
+                      "and on the peer's: its producer may multicast into this CTA")
             self.promote(acc, fin[w], sa, two_scales)
         self.advance("%stage", "%phase")
         k("mov.f32 %sb0, %sb0_next")
@@ -375,8 +446,12 @@ class GemmGen:
         k("setp.lt.u32 %p_math_more, %kb, %k_blocks")
         k("@%p_math_more bra.uni L_math_k")
 
+        if c.cluster > 1:
+            k("@%p_ghost bra.uni L_epilogue_done", "a ghost tile is the peer's: nothing to store")
         self.epilogue(fin, m_blk, n_blk, store_threads, math_threads)
-        k("add.u32 %tile, %tile, %grid")
+        if c.cluster > 1:
+            k.label("L_epilogue_done")
+        k("add.u32 %unit, %unit, %unit_step")
         k("bra.uni L_math_tile")
         k.label("L_math_end")
         k.comment("the last TMA stores must finish before the CTA's shared memory goes away")
@@ -384,24 +459,48 @@ class GemmGen:
         k("bra.uni L_exit")
 
     def promote(self, acc, fin, sa, two_scales: bool) -> None:
-        """final += acc * (sfa[row] * sfb): the second level of the two-level accumulation."""
+        """final += acc * (sfa[row] * sfb): the second level of the two-level accumulation.
+
+        When the tile straddles two B-scale blocks, the split point ``former`` (in 8-column
+        slices) is one of a few values fixed by BN; each gets its own unrolled FFMA block
+        with the scale chosen at generation time, reached by a uniform branch. (A select
+        per element doubled the promotion's instruction count: 1.4-1.6x slower tiles.)
+        """
         k = self.k
         s = [[k.tmp("f32", "scale") for _ in range(2)] for _ in range(2 if two_scales else 1)]
         for blk in range(len(s)):
             for h in range(2):
                 k(f"mul.rn.f32 {s[blk][h]}, {sa[h]}, %sb{blk}")
         nsl = len(acc) // 4
-        for i in range(nsl):
-            for q in range(4):
-                h = q // 2
-                if two_scales:
-                    sel = k.tmp("f32", "ssel")
-                    k(f"selp.f32 {sel}, {s[0][h]}, {s[1][h]}, %p_first_blk_{i}")
-                    sc = sel
-                else:
-                    sc = s[0][h]
-                j = 4 * i + q
-                k(f"fma.rn.f32 {fin[j]}, {acc[j]}, {sc}, {fin[j]}")
+
+        def ffma_block(former: int) -> None:
+            for i in range(nsl):
+                blk = 0 if i < former else 1
+                for q in range(4):
+                    j = 4 * i + q
+                    k(f"fma.rn.f32 {fin[j]}, {acc[j]}, {s[blk][q // 2]}, {fin[j]}")
+
+        if not two_scales:
+            ffma_block(nsl)
+            return
+        splits = split_points(self.c.block_n)
+        done = k.fresh_label("promoted")
+        targets = [k.fresh_label(f"promote_split{v}") for v in splits]
+        for v, target in zip(splits[:-1], targets[:-1]):
+            p = k.tmp("pred", "p_split")
+            k(f"setp.eq.u32 {p}, %former, {v}")
+            k(f"@{p} bra.uni {target}")
+        # no branch taken: fall through into the last split's block; every block but the
+        # final one jumps to the end
+        order = [len(splits) - 1] + list(range(len(splits) - 1))
+        for pos, idx in enumerate(order):
+            k.label(targets[idx])
+            v = splits[idx]
+            k.comment(f"slices 0..{v - 1} scaled by the first B block, {v}..{nsl - 1} by the second")
+            ffma_block(v)
+            if pos != len(order) - 1:
+                k(f"bra.uni {done}")
+        k.label(done)
 
     def epilogue(self, fin, m_blk: str, n_blk: str, store_threads: int, math_threads: int) -> None:
         c, k = self.c, self.k
@@ -487,5 +586,14 @@ class GemmGen:
         return addr
 
 
+def split_points(block_n: int) -> list[int]:
+    """The values ``former`` = slices of a BN tile before the next 128-column scale block
+    can take, over every tile position (BN < 128 or not a divisor of 128)."""
+    nsl = block_n // 8
+    return sorted({min((128 - (j * block_n) % 128) // 8, nsl) for j in range(128)})
+
+
 def build(cfg: GemmConfig) -> Kernel:
+    if cfg.kind != "dense":
+        raise NotImplementedError(f"the {cfg.kind} grouped GEMM kernel is not implemented yet")
     return GemmGen(cfg).build()
