@@ -181,8 +181,26 @@ def _sass_pass(force: bool | None = None) -> tuple[str, Callable[[bytes], tuple[
     enabled = ffma_interleave_enabled() if force is None else force
     if not enabled:
         return "off", None
+    import functools
     from .sass_patch import PASS_VERSION, interleave_ffma
-    return f"ffma-interleave-v{PASS_VERSION}", interleave_ffma
+    mode, fraction = pass_variant()
+    if (mode, fraction) == ("anchor", 9 / 16):
+        return f"ffma-interleave-v{PASS_VERSION}", interleave_ffma
+    return (f"ffma-interleave-v{PASS_VERSION}-{mode}-{fraction:.6f}",
+            functools.partial(interleave_ffma, fraction=fraction, mode=mode))
+
+
+def pass_variant() -> tuple[str, float]:
+    """(mode, fraction) of the SASS pass: the anchor rule over 9/16 of each run unless
+    FP8GEMM_FFMA_INTERLEAVE_MODE / FP8GEMM_FFMA_INTERLEAVE_FRACTION say otherwise (experiments)."""
+    mode = os.environ.get("FP8GEMM_FFMA_INTERLEAVE_MODE", "") or "anchor"
+    fraction = float(os.environ.get("FP8GEMM_FFMA_INTERLEAVE_FRACTION", "") or 9 / 16)
+    return mode, fraction
+
+
+def pass_tag(force: bool | None = None) -> str:
+    """The SASS pass setting a compile with ``post_pass=force`` would use (for memo keys)."""
+    return _sass_pass(force)[0]
 
 
 # ---- compile -------------------------------------------------------------------------------

@@ -16,7 +16,7 @@ def get_function(key: tuple, make: "callable[[], Kernel]", device: int, dynamic_
 
     ``key`` names the kernel configuration, so the PTX is generated only on the first call.
     """
-    full = (key, device, dynamic_smem, post_pass)
+    full = (key, device, dynamic_smem, jit.pass_tag(post_pass))
     with _lock:
         hit = _functions.get(full)
     if hit is not None:

@@ -130,3 +130,16 @@ def test_compile_error_names_kernel(tmp_path, monkeypatch):
     bad = ".version 8.0\n.target sm_90a\n.address_size 64\n.visible .entry broken() { bogus.op; }\n"
     with pytest.raises(jit.CompileError, match="broken"):
         jit.compile_ptx(bad, "broken")
+
+
+def test_sass_pass_variant_is_part_of_the_cache_key(monkeypatch):
+    from fp8gemm import jit
+    default = jit.pass_tag(True)
+    assert jit.pass_tag(False) == "off"
+    monkeypatch.setenv("FP8GEMM_FFMA_INTERLEAVE_MODE", "alternate")
+    monkeypatch.setenv("FP8GEMM_FFMA_INTERLEAVE_FRACTION", "1")
+    assert jit.pass_tag(True) != default and "alternate" in jit.pass_tag(True)
+    monkeypatch.setenv("FP8GEMM_FFMA_INTERLEAVE_MODE", "bogus")
+    tag, fn = jit._sass_pass(True)
+    with pytest.raises(ValueError, match="mode"):
+        fn(b"")

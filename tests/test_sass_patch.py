@@ -453,3 +453,20 @@ def test_fraction_limits_candidates(cubins):
     assert changed[0.25] < changed[9 / 16] < changed[1.0]
     with pytest.raises(ValueError):
         interleave_ffma(data, fraction=1.5)
+
+
+@needs_tools
+def test_alternate_mode_yields_on_every_second_ffma_of_yieldless_runs(cubins):
+    data = cubins["promote"]
+    new, report = interleave_ffma(data, fraction=1.0, mode="alternate")
+    r = report["kernels"]["promote"]
+    old_k, new_k = read_cubin(data).kernels["promote"], read_cubin(new).kernels["promote"]
+    before, after = decode(old_k.data), decode(new_k.data)
+    changed = [i for i, (a, b) in enumerate(zip(before, after)) if a.hi != b.hi or a.lo != b.lo]
+    assert len(changed) == report["changed"] == len(r["changes"]) > 0
+    for i in changed:
+        a, b = before[i], after[i]
+        assert a.is_ffma and a.lo == b.lo and not a.yields and b.yields and not b.reuse_b
+        assert (a.hi ^ b.hi) & ~(YIELD | REUSE_B) == 0
+    again, r2 = interleave_ffma(new, fraction=1.0, mode="alternate")
+    assert r2["changed"] == 0 and again == new

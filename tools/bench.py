@@ -217,6 +217,24 @@ def _cublas_blockwise(torch, a_bf, b_bf, aq, sa, bq, sb):
     return fn, note
 
 
+def _plan_with_pass_variant(plan_for, config, variant: str):
+    """A plan whose cubin went through the SASS pass variant 'off' or 'mode:fraction'."""
+    if variant == "off":
+        return plan_for(config=config, sass_pass=False)
+    mode, fraction = variant.split(":")
+    saved = {k: os.environ.get(k) for k in ("FP8GEMM_FFMA_INTERLEAVE_MODE", "FP8GEMM_FFMA_INTERLEAVE_FRACTION")}
+    os.environ["FP8GEMM_FFMA_INTERLEAVE_MODE"] = mode
+    os.environ["FP8GEMM_FFMA_INTERLEAVE_FRACTION"] = fraction
+    try:
+        return plan_for(config=config, sass_pass=True)
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
 def bench_gemm(args) -> dict:
     import math
     import torch
@@ -251,6 +269,9 @@ def bench_gemm(args) -> dict:
         if args.sass_pass:
             for v in args.sass_pass.split(","):
                 plans[f"sass_{v}"] = plan_for(config=plan.config, sass_pass=v.strip() == "on")
+        if args.sass_variants:
+            for v in args.sass_variants.split(","):
+                plans[f"pass_{v}"] = _plan_with_pass_variant(plan_for, plan.config, v.strip())
         if args.multicast:
             base = plan.config
             for v in args.multicast.split(","):
@@ -259,6 +280,16 @@ def bench_gemm(args) -> dict:
                                  multicast_on_a=v != "b")
                 plans[f"mc_{v}"] = plan_for(config=cfg)
         fns = {name: (lambda p=p: p.launch(*ptrs, stream)) for name, p in plans.items()}
+        if args.sass_variants:   # every variant must compute exactly what the unpatched kernel does
+            outs = {}
+            for name in [x for x in plans if x.startswith("pass_")]:
+                out.view(torch.int16).fill_(0x7FC1)
+                fns[name]()
+                torch.cuda.synchronize()
+                outs[name] = out.clone()
+            first = next(iter(outs.values()))
+            rec["pass_variants_bit_identical"] = all(torch.equal(first.view(torch.int16), o.view(torch.int16))
+                                                     for o in outs.values())
         cb_fn, note = _cublas_blockwise(torch, a_bf, b_bf, aq, sa, bq, sb)
         notes.add(note)
         if cb_fn:
@@ -298,6 +329,15 @@ def bench_gemm(args) -> dict:
         res["geomean_sass_on_over_off"] = geo(r)
         res["worst_sass_on_over_off"] = min(r)
         print(f"SASS pass on/off: geomean {geo(r):.4f}, worst shape {min(r):.4f}")
+    if args.sass_variants and "off" in args.sass_variants:
+        for v in args.sass_variants.split(","):
+            v = v.strip()
+            if v != "off":
+                r = [x[f"tflops_pass_{v}"] / x["tflops_pass_off"] for x in records]
+                res[f"geomean_pass_{v}_over_off"] = geo(r)
+                print(f"SASS pass {v} / off: geomean {geo(r):.4f}, min {min(r):.4f}, max {max(r):.4f}")
+        res["pass_variants_bit_identical"] = all(x["pass_variants_bit_identical"] for x in records)
+        print(f"every variant bit-identical to off: {res['pass_variants_bit_identical']}")
     if args.multicast:
         for v in args.multicast.split(","):
             v = v.strip()
@@ -321,6 +361,7 @@ def main(argv=None) -> int:
     pg.add_argument("--json", help="write results here")
     pg.add_argument("--shapes", help="comma-separated MxNxK list (default: DeepGEMM's 21 dense shapes)")
     pg.add_argument("--sass-pass", help="'on,off' to time the SASS pass both ways on the same PTX")
+    pg.add_argument("--sass-variants", help="e.g. 'off,anchor:0.5625,anchor:1,yield_only:0.5625,alternate:1'")
     pg.add_argument("--multicast", help="'off,a,b': also time the chosen tile with each cluster mode")
     pg.add_argument("--rounds", type=int, default=5, help="interleaved rounds of 10 timed calls per variant")
     args = p.parse_args(argv)

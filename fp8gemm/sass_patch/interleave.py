@@ -23,7 +23,7 @@ from .instr import HI_REUSE_B_BIT, HI_YIELD_BIT, Instr, decode, encode, make_ins
 
 PASS_VERSION = 1
 MIN_RUN = 8
-MODES = ("anchor", "yield_only")
+MODES = ("anchor", "yield_only", "alternate")
 
 _YIELD = 1 << HI_YIELD_BIT
 _REUSE_B = 1 << HI_REUSE_B_BIT
@@ -48,7 +48,9 @@ def _candidates(length: int, fraction: Fraction) -> int:
 
 
 def _patch_run(run: list[Instr], mode: str) -> list[tuple[int, int]]:
-    """The anchor rule over one run's candidates; returns (index in run, new hi) pairs."""
+    """The rule over one run's candidates; returns (index in run, new hi) pairs."""
+    if mode == "alternate":
+        return _alternate_run(run)
     changes = []
     seen_b: set[int] = set()
     last_reused, last_reg = False, None
@@ -69,6 +71,14 @@ def _patch_run(run: list[Instr], mode: str) -> list[tuple[int, int]]:
     return changes
 
 
+def _alternate_run(run: list[Instr]) -> list[tuple[int, int]]:
+    """Runs ptxas left without any yield (one-warpgroup kernels): yield on every second FFMA
+    and drop its B reuse. Runs that already yield somewhere are left as they are."""
+    if any(ins.yields for ins in run):
+        return []
+    return [(k, (ins.hi ^ _YIELD) & ~_REUSE_B) for k, ins in enumerate(run) if k % 2 == 1]
+
+
 def _before_counts(ffmas: list[Instr]) -> dict:
     """What ptxas already did to these FFMAs ("does ptxas already interleave?")."""
     return {
@@ -86,7 +96,8 @@ def interleave_ffma(cubin_bytes: bytes, fraction: float = 9 / 16,
     ``fraction``: share of each qualifying run (from its start) that may be patched; 1.0 = all.
     ``mode``: "anchor" (clear B reuse + flip yield) or "yield_only" (flip yield, keep reuse:
     an experiment only -- a warp that yields loses its reuse cache, so the hardware may read
-    stale operand-cache contents; never ship it without checking results on a GPU).
+    stale operand-cache contents; never ship it without checking results on a GPU), or
+    "alternate" (in runs with no yield at all, yield + no B reuse on every second FFMA).
     """
     if mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}, not {mode!r}")
