@@ -89,8 +89,7 @@ class GemmPlan:
             resident = _resident_clusters(self.kernel, cfg)
             if grid > resident * cfg.cluster:
                 self.grid = grid = resident * cfg.cluster
-                self.kernel = launcher.Launch(self.fn, (grid, 1, 1), (cfg.threads, 1, 1), cfg.smem_bytes,
-                                              (cfg.cluster, 1, 1))
+                self.kernel.config.gridDimX = grid
         self.params = launcher.ParamPack([ty for _, ty in template.PARAMS])
         self.params[_M], self.params[_N], self.params[_K], self.params[_G] = m, n, k, 1
         self.params[_LAYOUT] = 0

@@ -59,17 +59,18 @@ class Compiled:
 
 
 # ---- finding ptxas -----------------------------------------------------------------------
-def _wheel_ptxas() -> Path | None:
+def _wheel_bin_dirs() -> list[Path]:
+    """bin/ folders of the installed nvidia-cuda-* wheels (nvcc, nvdisasm, cuobjdump)."""
     try:
         import nvidia  # namespace package of the nvidia-cuda-* wheels
     except ImportError:
-        return None
-    for base in getattr(nvidia, "__path__", []):
-        for sub in ("cu13/bin/ptxas", "cuda_nvcc/bin/ptxas", "cu12/bin/ptxas"):
-            p = Path(base) / sub
-            if p.is_file():
-                return p
-    return None
+        return []
+    return [Path(base) / sub / "bin" for base in getattr(nvidia, "__path__", [])
+            for sub in ("cu13", "cuda_nvcc", "cuda_nvdisasm", "cuda_cuobjdump", "cu12")]
+
+
+def _wheel_ptxas() -> Path | None:
+    return next((d / "ptxas" for d in _wheel_bin_dirs() if (d / "ptxas").is_file()), None)
 
 
 def find_ptxas() -> tuple[Path, str]:
@@ -91,6 +92,24 @@ def find_ptxas() -> tuple[Path, str]:
         return wheel, "nvidia-cuda-nvcc wheel"
     raise FileNotFoundError(
         "ptxas not found: install the 'nvidia-cuda-nvcc' wheel, set CUDA_HOME, or set FP8GEMM_PTXAS")
+
+
+def find_cuda_tool(name: str) -> Path | None:
+    """Another CUDA binary (nvdisasm, cuobjdump): beside the ptxas in use, then CUDA_HOME /
+    CUDA_PATH, the nvidia-* wheels, PATH; None if absent (it is only needed for inspection)."""
+    dirs = []
+    try:
+        ptxas, _ = find_ptxas()
+        dirs += [ptxas.parent, ptxas.resolve().parent]
+    except FileNotFoundError:
+        pass
+    dirs += [Path(os.environ[v]) / "bin" for v in ("CUDA_HOME", "CUDA_PATH") if os.environ.get(v)]
+    for d in dirs + _wheel_bin_dirs():
+        p = d / name
+        if p.is_file() and os.access(p, os.X_OK):
+            return p
+    on_path = shutil.which(name)
+    return Path(on_path) if on_path else None
 
 
 _version_memo: dict[str, str] = {}

@@ -1,19 +1,18 @@
 """SASS pass tests: real cubins built from small PTX with ptxas, checked against cuobjdump.
 
-CPU only. Tools: ptxas from $FP8GEMM_PTXAS, else the nvidia-cuda-nvcc wheel, else PATH;
-cuobjdump / nvdisasm next to that ptxas, else the wheels, else PATH. Missing tools skip.
+CPU only. Tools: the ptxas the JIT uses (jit.find_ptxas);
+cuobjdump / nvdisasm as jit.find_cuda_tool finds them. Missing tools skip.
 """
 from __future__ import annotations
 
-import os
 import re
-import shutil
 import struct
 import subprocess
 from pathlib import Path
 
 import pytest
 
+from fp8gemm import jit
 from fp8gemm.sass_patch import PASS_VERSION, decode, interleave_ffma, read_cubin
 from fp8gemm.sass_patch.cubin import replace_text
 from fp8gemm.sass_patch.instr import OPCODES, make_instr
@@ -24,20 +23,13 @@ YIELD, REUSE_B = 1 << 45, 1 << 59
 
 # ---- tools ---------------------------------------------------------------------------------
 def _find_tool(name: str) -> str | None:
-    places = []
-    env = os.environ.get("FP8GEMM_PTXAS")
-    if env:
-        places.append(Path(env) if name == "ptxas" else Path(env).with_name(name))
-    try:
-        import nvidia
-        for base in nvidia.__path__:
-            places += [Path(base) / sub / name for sub in ("cu13/bin", "cuda_nvcc/bin", "cu12/bin")]
-    except ImportError:
-        pass
-    for p in places:
-        if p.is_file() and os.access(p, os.X_OK):
-            return str(p)
-    return shutil.which(name)
+    if name == "ptxas":
+        try:
+            return str(jit.find_ptxas()[0])
+        except FileNotFoundError:
+            return None
+    tool = jit.find_cuda_tool(name)
+    return str(tool) if tool else None
 
 
 PTXAS, CUOBJDUMP, NVDISASM = (_find_tool(n) for n in ("ptxas", "cuobjdump", "nvdisasm"))

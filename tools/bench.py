@@ -25,24 +25,33 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 
-def timed(fn, iters: int = 50, warmup: int = 5, flush: bool = True) -> float:
-    """Median seconds of ``fn()`` on the current stream."""
+def timed_variants(fns: dict, rounds: int = 5, iters: int = 10, warmup: int = 3) -> dict:
+    """Median seconds per variant, the variants interleaved round by round so clock and
+    thermal drift hit them alike. Each call runs after an L2 flush (a 256 MB buffer zeroed)
+    and a short GPU sleep, so host launch cost stays out of the event window."""
     import torch
     buf = torch.empty(256 * 1024 * 1024 // 4, dtype=torch.int32, device="cuda")
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(iters):
-        if flush:
-            buf.zero_()
-        torch.cuda._sleep(20_000)  # keep the host ahead so launch cost stays out of the window
-        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        a.record()
-        fn()
-        b.record()
-        times.append((a, b))
+    for fn in fns.values():
+        for _ in range(warmup):
+            fn()
+    events = {name: [] for name in fns}
+    for _ in range(rounds):
+        for name, fn in fns.items():
+            for _ in range(iters):
+                buf.zero_()
+                torch.cuda._sleep(20_000)
+                a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+                a.record()
+                fn()
+                b.record()
+                events[name].append((a, b))
     torch.cuda.synchronize()
-    return statistics.median(x.elapsed_time(y) for x, y in times) * 1e-3
+    return {name: statistics.median(x.elapsed_time(y) for x, y in ev) * 1e-3 for name, ev in events.items()}
+
+
+def timed(fn, iters: int = 50, warmup: int = 5) -> float:
+    """Median seconds of ``fn()`` on the current stream."""
+    return timed_variants({"fn": fn}, rounds=1, iters=iters, warmup=warmup)["fn"]
 
 
 def host_overhead(fn, iters: int = 200) -> float:
@@ -144,29 +153,6 @@ def bench_quant(args) -> dict:
 DENSE_SHAPES = [(m, n, k) for m in (64, 128, 4096)
                 for (n, k) in ((2112, 7168), (24576, 1536), (32768, 512), (7168, 16384),
                                (4096, 7168), (7168, 2048), (7168, 576))]
-
-
-def timed_variants(fns: dict, rounds: int = 5, iters: int = 10) -> dict:
-    """Median seconds per variant, the variants interleaved round by round so clock and
-    thermal drift hit them alike."""
-    import torch
-    buf = torch.empty(256 * 1024 * 1024 // 4, dtype=torch.int32, device="cuda")
-    for fn in fns.values():
-        for _ in range(3):
-            fn()
-    events = {name: [] for name in fns}
-    for _ in range(rounds):
-        for name, fn in fns.items():
-            for _ in range(iters):
-                buf.zero_()
-                torch.cuda._sleep(20_000)
-                a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-                a.record()
-                fn()
-                b.record()
-                events[name].append((a, b))
-    torch.cuda.synchronize()
-    return {name: statistics.median(x.elapsed_time(y) for x, y in ev) * 1e-3 for name, ev in events.items()}
 
 
 def _cublas_blockwise(torch, a_bf, b_bf, aq, sa, bq, sb):

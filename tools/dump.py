@@ -37,7 +37,6 @@ import dataclasses
 import inspect
 import os
 import re
-import shutil
 import subprocess
 import sys
 import tempfile
@@ -232,37 +231,12 @@ def _changed(report: dict | None) -> str:
 
 
 # ---- disassembly ---------------------------------------------------------------------------
-def _tool_dirs() -> list[Path]:
-    """Where to look for nvdisasm / cuobjdump: beside ptxas first, then the nvidia-* wheels."""
-    dirs = []
-    try:
-        ptxas, _ = jit.find_ptxas()
-        dirs += [ptxas.parent, ptxas.resolve().parent]
-    except FileNotFoundError:
-        pass
-    for var in ("CUDA_HOME", "CUDA_PATH"):
-        if os.environ.get(var):
-            dirs.append(Path(os.environ[var]) / "bin")
-    try:
-        import nvidia  # namespace package of the nvidia-cuda-* wheels
-        for base in getattr(nvidia, "__path__", []):
-            dirs += [Path(base) / sub / "bin"
-                     for sub in ("cu13", "cuda_nvdisasm", "cuda_cuobjdump", "cuda_nvcc", "cu12")]
-    except ImportError:
-        pass
-    return dirs
-
-
 def find_disassembler() -> tuple[str, list[str]] | None:
     """(path, arguments before the cubin file) of nvdisasm or cuobjdump, or None."""
     for name, extra in (("nvdisasm", ["-c"]), ("cuobjdump", ["-sass"])):
-        for d in _tool_dirs():
-            p = d / name
-            if p.is_file() and os.access(p, os.X_OK):
-                return str(p), extra
-        on_path = shutil.which(name)
-        if on_path:
-            return on_path, extra
+        tool = jit.find_cuda_tool(name)
+        if tool:
+            return str(tool), extra
     return None
 
 
