@@ -7,6 +7,9 @@ from __future__ import annotations
 from .arrays import DeviceArray, view_as
 from .config import GemmConfig, get_num_sms, set_num_sms
 from .gemm import GemmPlan, gemm_fp8_fp8_bf16_nt, plan_gemm
+from .grouped import (ContiguousPlan, MaskedPlan, get_m_alignment_for_contiguous_layout,
+                      m_grouped_gemm_fp8_fp8_bf16_nt_contiguous, m_grouped_gemm_fp8_fp8_bf16_nt_masked,
+                      plan_m_grouped_gemm_contiguous, plan_m_grouped_gemm_masked)
 from .jit import CompileError
 from .launcher import CudaError
 from .quant import per_block_cast_to_fp8, per_token_cast_to_fp8
@@ -21,12 +24,9 @@ def get_tma_aligned_size(m: int, element_size: int = 4) -> int:
     return tma_aligned_size(m, element_size)
 
 
-def get_m_alignment_for_contiguous_layout() -> int:
-    """Rows of each group in the contiguous grouped layout must be padded to this multiple."""
-    return 128
-
-
-__all__ = ["gemm_fp8_fp8_bf16_nt", "plan_gemm", "GemmPlan", "GemmConfig", "set_num_sms", "get_num_sms",
+__all__ = ["gemm_fp8_fp8_bf16_nt", "plan_gemm", "GemmPlan", "m_grouped_gemm_fp8_fp8_bf16_nt_contiguous",
+           "m_grouped_gemm_fp8_fp8_bf16_nt_masked", "plan_m_grouped_gemm_contiguous", "plan_m_grouped_gemm_masked",
+           "ContiguousPlan", "MaskedPlan", "GemmConfig", "set_num_sms", "get_num_sms",
            "DeviceArray", "view_as", "CompileError", "CudaError", "per_token_cast_to_fp8",
            "per_block_cast_to_fp8", "ceil_div", "get_tma_aligned_size",
            "get_m_alignment_for_contiguous_layout"]

@@ -21,7 +21,8 @@ def _two_scale_blocks_at_most(bn: int) -> bool:
 
 
 BLOCK_NS = tuple(bn for bn in range(16, 257, 8) if _two_scale_blocks_at_most(bn))
-KINDS = ("dense", "contiguous", "masked")
+KINDS = ("dense", "contiguous", "contiguous_psum", "masked")
+CONTIGUOUS_KINDS = ("contiguous", "contiguous_psum")   # blocks must not straddle a 128-row group start
 
 _num_sms: int | None = None
 
@@ -62,6 +63,9 @@ class GemmConfig:
                              f"128-wide B-scale blocks (BN <= 128 + gcd(BN, 128)), got {self.block_n}")
         if self.kind not in KINDS:
             raise ValueError(f"kind must be one of {KINDS}")
+        if self.kind in CONTIGUOUS_KINDS and self.block_m > 128:
+            raise ValueError(f"block_m must be 64 or 128 for the {self.kind} layout "
+                             "(groups start at multiples of 128 rows)")
         if self.cluster not in (1, 2):
             raise ValueError("cluster must be 1 or 2")
         if self.stages < 1:
@@ -144,6 +148,11 @@ class GemmConfig:
         return f"fp8gemm_{self.kind}_bm{self.block_m}_bn{self.block_n}_s{self.stages}{mc}{dbg}"
 
 
+def block_ms_for(kind: str) -> tuple[int, ...]:
+    """Block M values a layout allows: contiguous blocks must not cross a group start."""
+    return tuple(bm for bm in BLOCK_MS if bm <= 128) if kind in CONTIGUOUS_KINDS else BLOCK_MS
+
+
 def max_stages(block_m: int, block_n: int, k: int | None = None, cap: int = 8) -> int:
     """The most stages that fit shared memory (and no more than there are K blocks)."""
     best = 0
@@ -189,7 +198,7 @@ def tile_cycles(bm: int, bn: int, k: int) -> float:
 
 @functools.lru_cache(maxsize=4096)
 def _select(m: int, n: int, k: int, groups: int, kind: str, num_sms: int) -> tuple[GemmConfig, int]:
-    block_ms = (128,) if kind == "contiguous" else BLOCK_MS
+    block_ms = block_ms_for(kind)
     best = None
     for bm in block_ms:
         if bm == 256 and m <= 128:
@@ -229,7 +238,7 @@ def multicast_options(kind: str, m: int, bm: int, bn: int, num_sms: int) -> tupl
 def candidate_configs(k: int = 1 << 14, kind: str = "dense") -> list[GemmConfig]:
     """Every config the heuristic can return (for compile tests and forced-config GPU tests)."""
     out = []
-    for bm in ((128,) if kind == "contiguous" else BLOCK_MS):
+    for bm in block_ms_for(kind):
         for bn in BLOCK_NS:
             if bn <= MAX_BLOCK_N[bm]:
                 s = max_stages(bm, bn, k)

@@ -6,43 +6,26 @@ parameter block (re-encoding a tensor map when its pointer changed) and launches
 """
 from __future__ import annotations
 
-import os
-import struct
 from typing import Any
 
-from . import arrays, launcher, runtime
+from . import arrays, launcher
 from .arrays import as_view, check_dtype, check_rows, check_shape
 from .config import BLOCK_K, GemmConfig, ceil_div, select_config
-from .ptx_templates import gemm as template
-
-_TMAP_A, _TMAP_B, _TMAP_SFA, _TMAP_D, _SFB, _LAYOUT, _DEBUG, _M, _N, _K, _G = range(11)
-
-
-def _debug_default() -> bool:
-    return os.environ.get("FP8GEMM_DEBUG", "0") not in ("", "0")
+from .plan import KernelPlan, default_grid
 
 
 class DeadlockError(RuntimeError):
     """A debug build's mbarrier wait gave up (the kernel trapped)."""
 
 
-_resident: dict[tuple, int] = {}
-
-
-def _resident_clusters(kernel, cfg: GemmConfig) -> int:
-    key = (id(kernel.fn), cfg)
-    if key not in _resident:
-        _resident[key] = max(1, launcher.max_active_clusters(kernel))
-    return _resident[key]
-
-
-class GemmPlan:
+class GemmPlan(KernelPlan):
     """A compiled, configured GEMM for fixed (M, N, K) and row strides.
 
     Strides are in elements: ``a_stride`` (row stride of A, default K), ``out_stride``
     (row stride of D, default N), ``sfa_stride`` (distance between the columns of the
     MN-major A scales, default M rounded up to 4).
     """
+    arguments = ("a", "a_scales", "b", "b_scales", "out")
 
     def __init__(self, m: int, n: int, k: int, *, config: GemmConfig | None = None,
                  num_sms: int | None = None, device: int = 0, a_stride: int | None = None,
@@ -54,17 +37,13 @@ class GemmPlan:
             raise ValueError(f"plan_gemm: N = {n} must be a multiple of 8 (16-byte rows of bf16 D)")
         if k % 16:
             raise ValueError(f"plan_gemm: K = {k} must be a multiple of 16 (16-byte rows of e4m3 A and B)")
-        debug = _debug_default() if debug is None else debug
         if config is None:
             config, grid = select_config(m, n, k, num_sms=num_sms)
         else:
-            from .config import get_num_sms
-            grid = config.grid(m, n, num_sms or get_num_sms())
-        if debug and not config.debug:
-            import dataclasses
-            config = dataclasses.replace(config, debug=True)
-        self.m, self.n, self.k, self.device = m, n, k, device
-        self.config, self.grid = config, grid
+            if config.kind != "dense":
+                raise ValueError(f"plan_gemm: config is for the {config.kind} layout, not dense")
+            grid = default_grid(config, m, n, 1, num_sms)
+        self.m, self.n, self.k = m, n, k
         self.kb = ceil_div(k, BLOCK_K)
         self.a_stride = a_stride or k
         self.b_stride = b_stride or k
@@ -78,76 +57,14 @@ class GemmPlan:
             raise ValueError("plan_gemm: row strides must be multiples of 16 bytes")
         if self.sfa_stride < m or self.sfa_stride % 4:
             raise ValueError(f"plan_gemm: sfa_stride = {self.sfa_stride} must be >= M and a multiple of 4")
-        cfg = config
-        self.fn, self.compiled = runtime.get_function(("gemm", cfg), lambda: template.build(cfg), device,
-                                                      cfg.smem_bytes, post_pass=sass_pass)
-        self.kernel = launcher.Launch(self.fn, (grid, 1, 1), (cfg.threads, 1, 1), cfg.smem_bytes,
-                                      (cfg.cluster, 1, 1))
-        if cfg.cluster > 1:
-            # a GPC with an odd number of free SMs cannot host a whole cluster on its last one;
-            # a persistent grid larger than what is resident would run its last clusters late
-            resident = _resident_clusters(self.kernel, cfg)
-            if grid > resident * cfg.cluster:
-                self.grid = grid = resident * cfg.cluster
-                self.kernel.config.gridDimX = grid
-        self.params = launcher.ParamPack([ty for _, ty in template.PARAMS])
-        self.params[_M], self.params[_N], self.params[_K], self.params[_G] = m, n, k, 1
-        self.params[_LAYOUT] = 0
-        self.debug_buffer = None
-        if cfg.debug:
-            self.debug_buffer = launcher.DeviceBuffer(64, device)
-            self.debug_buffer.upload(bytes(64))
-            self.params[_DEBUG] = self.debug_buffer.ptr
-        else:
-            self.params[_DEBUG] = 0
-        self._ptrs = [None] * 4   # a, sfa, b, d: pointers the tensor maps were encoded for
-
-    # ---- tensor maps ---------------------------------------------------------------------
-    def _encode(self, which: int, ptr: int) -> None:
-        c, m, n, k = self.config, self.m, self.n, self.k
-        if which == 0:
-            tm = launcher.encode_tensor_map("uint8", ptr, (k, m), (self.a_stride,), (BLOCK_K, c.block_m), 128)
-            self.params[_TMAP_A] = tm
-        elif which == 1:
-            tm = launcher.encode_tensor_map("float32", ptr, (m, self.kb), (self.sfa_stride * 4,), (c.block_m, 1), 0)
-            self.params[_TMAP_SFA] = tm
-        elif which == 2:
-            tm = launcher.encode_tensor_map("uint8", ptr, (k, n), (self.b_stride,), (BLOCK_K, c.block_n), 128)
-            self.params[_TMAP_B] = tm
-        else:
-            swz = c.d_swizzle
-            box = (swz // 2 if swz else c.block_n, min(c.block_m, m))
-            tm = launcher.encode_tensor_map("bfloat16", ptr, (n, m), (self.out_stride * 2,), box, swz)
-            self.params[_TMAP_D] = tm
-        self._ptrs[which] = ptr
+        values = dict(m=m, n=n, k=k, groups=1, kb=self.kb, a_stride=self.a_stride, b_stride=self.b_stride,
+                      out_stride=self.out_stride, sfa_stride=self.sfa_stride)
+        super().__init__(config, grid, values, device=device, debug=debug, sass_pass=sass_pass)
 
     def launch(self, a_ptr: int, a_scales_ptr: int, b_ptr: int, b_scales_ptr: int, out_ptr: int,
                stream: int = 0) -> None:
         """Launch on raw device pointers (ints) and a raw CUstream (int)."""
-        ptrs = self._ptrs
-        if a_ptr != ptrs[0]:
-            self._encode(0, a_ptr)
-        if a_scales_ptr != ptrs[1]:
-            self._encode(1, a_scales_ptr)
-        if b_ptr != ptrs[2]:
-            self._encode(2, b_ptr)
-        if out_ptr != ptrs[3]:
-            self._encode(3, out_ptr)
-        self.params[_SFB] = b_scales_ptr
-        self.kernel(self.params.address, stream)
-
-    def debug_info(self) -> tuple | None:
-        """After a trapped debug launch: (block, warp, barrier 1=full/2=empty, stage, parity)."""
-        if self.debug_buffer is None:
-            return None
-        raw = bytes(self.debug_buffer.download())
-        if struct.unpack_from("<I", raw, 0)[0] == 0:
-            return None
-        return struct.unpack_from("<5I", raw, 16)
-
-    def __repr__(self) -> str:
-        return (f"GemmPlan(m={self.m}, n={self.n}, k={self.k}, {self.config.name}, grid={self.grid}, "
-                f"regs={self.compiled.resources.registers}, smem={self.config.smem_bytes})")
+        self._launch((a_ptr, a_scales_ptr, b_ptr, b_scales_ptr, out_ptr), stream)
 
 
 def plan_gemm(m: int, n: int, k: int, **kw) -> GemmPlan:

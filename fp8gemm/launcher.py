@@ -272,6 +272,18 @@ class DeviceBuffer:
         _drv("cuMemsetD8Async", self.ptr, value & 0xFF, self.nbytes, _d.CUstream(stream))
 
 
+def stream_synchronize(stream: int) -> None:
+    _drv("cuStreamSynchronize", _d.CUstream(stream))
+
+
+def copy_to_host(ptr: int, nbytes: int) -> bytearray:
+    """Device memory -> a new host buffer (synchronous)."""
+    out = bytearray(nbytes)
+    if nbytes:
+        _drv("cuMemcpyDtoH", out, ptr, nbytes)
+    return out
+
+
 def synchronize(device: int = 0) -> None:
     context_for(device)
     _drv("cuCtxSynchronize")

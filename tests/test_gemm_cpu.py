@@ -11,6 +11,8 @@ from fp8gemm.config import SMEM_LIMIT, GemmConfig, candidate_configs, select_con
 from fp8gemm.ptx_templates import gemm as template
 
 CONFIGS = candidate_configs()
+ALL_KIND_CONFIGS = [c for kind in ("dense", "contiguous", "contiguous_psum", "masked")
+                    for c in candidate_configs(kind=kind)]
 
 
 def test_candidate_space_covers_the_design():
@@ -31,7 +33,7 @@ def test_tiles_touch_at_most_two_scale_blocks():
         GemmConfig(64, 176, 4)
 
 
-@pytest.mark.parametrize("cfg", CONFIGS, ids=lambda c: c.name)
+@pytest.mark.parametrize("cfg", ALL_KIND_CONFIGS, ids=lambda c: c.name)
 def test_config_compiles_without_spills(cfg, tmp_path, monkeypatch):
     monkeypatch.setenv("FP8GEMM_CACHE_DIR", str(tmp_path))
     k = template.build(cfg)
@@ -197,9 +199,14 @@ def test_heuristic_uses_multicast_where_measured_to_pay():
     assert cfg.cluster == 1
 
 
-def test_grouped_kinds_are_not_silently_dense():
-    with pytest.raises(NotImplementedError):
-        template.build(GemmConfig(128, 128, 4, kind="masked"))
+@pytest.mark.parametrize("kind", ["contiguous", "contiguous_psum", "masked"])
+def test_grouped_kinds_are_not_silently_dense(kind):
+    """B of a grouped kernel is [G, N, K]: its loads carry a group coordinate (3-D maps)."""
+    ptx = template.build(GemmConfig(128, 128, 4, kind=kind)).render()
+    assert re.search(r"cp\.async\.bulk\.tensor\.3d\S* \[%pdst_b\], \[%tmap_b, \{[^}]*,[^}]*,[^}]*\}\]", ptx)
+    assert "ld.param.u64 %layout_ptr" in ptx
+    dense = template.build(GemmConfig(128, 128, 4)).render()
+    assert ".3d." not in dense and "%layout_ptr" not in dense
 
 
 def test_print_configs(monkeypatch, capsys):

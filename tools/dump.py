@@ -329,6 +329,12 @@ def show_config(sel: Selection, args, kern) -> None:
           f"({c.math_warpgroups} math + 1 producer), {c.waves} 64-row slab(s) per math warpgroup")
     print(f"smem        {c.smem_bytes} bytes dynamic ({c.smem_bytes / 1024:.1f} KiB); layout "
           + " ".join(f"{k}@{v}" for k, v in lay.items()))
+    spec = gemm_template.spec(c)
+    print("params      " + ", ".join(f"{p.name}:{p.type}" for p in spec.params))
+    for t in spec.tensor_maps:
+        print(f"tensor map  {t.param:9s} {t.array:9s} {t.dtype:8s} dims {t.dims} strides(B) {t.strides} "
+              f"box {t.box} swizzle {t.swizzle}" + (f" {t.stage_bytes} B/stage" if t.stage_bytes else ""))
+    print(f"expect_tx   {spec.expect_tx_bytes} bytes per stage")
     print(f"heuristic   {_describe(sel.heuristic)} grid={sel.heuristic_grid}"
           + ("  (same as above)" if sel.heuristic == dataclasses.replace(c, debug=False) else ""))
     for name, cfg in (("model cost", c),) + ((("heur. cost", sel.heuristic),) if sel.forced else ()):

@@ -3,7 +3,8 @@
     D[M, N] (bf16) = sum_k  A[M, k] (e4m3) * B[N, k] (e4m3) * sfa[m, k/128] * sfb[n/128, k/128]
 
 Structure (see DESIGN.md section 3):
-  * persistent grid; tiles walked in strips of ``STRIP`` N blocks so neighbours share A and B in L2
+  * persistent grid; which tile comes next is the layout's scheduler (scheduler.py: dense,
+    contiguous, contiguous_psum, masked), which also says how its operands are mapped (spec)
   * warpgroups 0..W-1 do the math, warpgroup W is the producer (one thread issues TMA)
   * S-stage shared-memory ring, ``full[s]`` (TMA bytes landed) and ``empty[s]`` (math done)
   * per 128-wide K block: 4 x ``wgmma m64nBNk32`` into a temporary accumulator, then the
@@ -17,139 +18,71 @@ Structure (see DESIGN.md section 3):
 from __future__ import annotations
 
 from ..config import BLOCK_K, GemmConfig
+from . import emit
 from .builder import Kernel
+from .scheduler import STRIP, for_config  # noqa: F401  (STRIP: re-exported for tools)
+from .spec import KernelSpec, Param
 
 PRODUCER_REGS = 40
 MATH_REGS = {1: 240, 2: 232}
-STRIP = 16                      # N blocks per raster strip
-DEBUG_SPIN_LIMIT = 1 << 26      # try_wait rounds before a debug build reports and traps
 
-PARAMS = [("tmap_a", "tmap"), ("tmap_b", "tmap"), ("tmap_sfa", "tmap"), ("tmap_d", "tmap"),
-          ("sfb", "u64"), ("layout", "u64"), ("debug", "u64"),
-          ("m", "u32"), ("n", "u32"), ("k", "u32"), ("groups", "u32")]
+
+def _sfa_stage_bytes(cfg: GemmConfig) -> int:
+    return (cfg.block_m * 4 + 127) // 128 * 128
 
 
 class GemmGen:
-    """Emits one kernel for one ``GemmConfig``."""
+    """Emits one kernel for one ``GemmConfig``; ``spec`` is its host contract."""
 
     def __init__(self, cfg: GemmConfig):
         self.c = cfg
-        threads = cfg.threads
-        self.k = Kernel(cfg.name, PARAMS, maxntid=threads, minnctapersm=1,
-                        header_comment=f"FP8 GEMM {cfg}")
+        self.sched = for_config(cfg)
+        self.spec = self._make_spec()
+        self.k = Kernel(cfg.name, [(p.name, p.type) for p in self.spec.params], maxntid=cfg.threads,
+                        minnctapersm=1, header_comment=f"FP8 GEMM {cfg}")
         self.k.global_decl(".extern .shared .align 1024 .b8 smem[];")
-        self.bar_id = 0
 
-    # ---- small helpers -------------------------------------------------------------------
-    def const_pred(self):
-        k = self.k
-        pt, pf = k.reg("pred", "p_true"), k.reg("pred", "p_false")
-        k(f"setp.eq.u32 {pt}, 0, 0")
-        k(f"setp.ne.u32 {pf}, 0, 0")
-
-    def wait(self, bar_addr: str, parity: str, what: str, bar_index: str) -> None:
-        """Spin on ``mbarrier.try_wait.parity``; the debug build gives up after a bound.
-
-        The default .acquire.cta also serves barriers the peer CTA arrives on: .cluster scope
-        would put a CCTL.IVALL (L1 invalidate) after every successful wait."""
-        k = self.k
-        top, done = k.fresh_label(f"wait_{what}"), k.fresh_label(f"waited_{what}")
-        p = k.tmp("pred", "p_ready")
-        if self.c.debug:
-            spins = k.tmp("u32", "spins")
-            k(f"mov.u32 {spins}, 0")
-        k.label(top)
-        k(f"mbarrier.try_wait.parity.shared::cta.b64 {p}, [{bar_addr}], {parity}")
-        k(f"@{p} bra.uni {done}")
-        if self.c.debug:
-            k(f"add.u32 {spins}, {spins}, 1")
-            over = k.tmp("pred", "p_over")
-            k(f"setp.lt.u32 {over}, {spins}, {DEBUG_SPIN_LIMIT}")
-            k(f"@{over} bra.uni {top}")
-            code = {"full": 1, "empty": 2}[what]
-            self.debug_report(code, bar_index, parity)
-        else:
-            k(f"bra.uni {top}")
-        k.label(done)
-
-    def debug_report(self, code: int, bar_index: str, parity: str) -> None:
-        """Write (block, warp, barrier kind, stage, parity) to the debug buffer and trap."""
-        k = self.k
-        buf = k.reg("u64", "debug_buf")
-        blk, wid = k.tmp("u32", "dbg"), k.tmp("u32", "dbg")
-        k(f"mov.u32 {blk}, %ctaid.x")
-        k(f"mov.u32 {wid}, %tid.x")
-        k(f"shr.u32 {wid}, {wid}, 5")
-        p = k.tmp("pred", "p_dbg")
-        k(f"setp.ne.u64 {p}, {buf}, 0")
-        ok = k.tmp("u32", "dbg")
-        k(f"@{p} atom.global.cas.b32 {ok}, [{buf}], 0, 1")
-        k(f"@{p} st.global.v4.u32 [{buf}+16], {{{blk}, {wid}, {code}, {bar_index}}}")
-        k(f"@{p} st.global.u32 [{buf}+32], {parity}")
-        k("membar.sys")
-        k("trap")
-
-    def advance(self, stage: str, phase: str) -> None:
-        k = self.k
-        p = k.tmp("pred", "p_wrap")
-        k(f"add.u32 {stage}, {stage}, 1")
-        k(f"setp.eq.u32 {p}, {stage}, {self.c.stages}")
-        k(f"@{p} mov.u32 {stage}, 0")
-        k(f"@{p} xor.b32 {phase}, {phase}, 1")
-
-    def unit_coords(self, unit: str, m_blk: str, n_blk: str, ghost: str) -> None:
-        """Work unit -> this CTA's (m block, n block) and whether it is a ghost.
-
-        Units are walked in strips of STRIP n-blocks, n fastest inside a strip, so the tiles
-        running at the same time share A rows and B columns in L2.  Without a cluster a unit
-        is one tile.  With multicast on A a unit is two N-neighbours (same M block) and this
-        CTA takes n = 2u + rank; on B it is two M-neighbours.  When the pair sticks out past
-        the last block, rank 1 recomputes rank 0's tile and does not store it (a ghost), so
-        both CTAs always run the same number of pipeline stages.
-        """
-        c, k = self.c, self.k
-        strip_w = STRIP // c.cluster if c.cluster > 1 and c.multicast_on_a else STRIP
-        per_strip, strip, first, width, inner = (k.tmp("u32", n) for n in
-                                                  ("per_strip", "strip", "first_n", "width", "inner"))
-        um, un = k.tmp("u32", "unit_m"), k.tmp("u32", "unit_n")
-        k(f"mul.lo.u32 {per_strip}, %units_m, {strip_w}")
-        k(f"div.u32 {strip}, {unit}, {per_strip}")
-        k(f"mul.lo.u32 {first}, {strip}, {strip_w}")
-        k(f"sub.u32 {width}, %units_n, {first}")
-        k(f"min.u32 {width}, {width}, {strip_w}")
-        k(f"rem.u32 {inner}, {unit}, {per_strip}")
-        k(f"div.u32 {um}, {inner}, {width}")
-        rem = k.tmp("u32", "n_in_strip")
-        k(f"rem.u32 {rem}, {inner}, {width}")
-        k(f"add.u32 {un}, {first}, {rem}")
-        if c.cluster == 1:
-            k(f"mov.u32 {m_blk}, {um}")
-            k(f"mov.u32 {n_blk}, {un}")
-            k(f"setp.ne.u32 {ghost}, 0, 0")
-            return
-        if c.multicast_on_a:      # same M block, N blocks 2u and 2u + 1
-            k(f"mov.u32 {m_blk}, {um}")
-            mine, pair_idx, limit = n_blk, un, "%n_blocks"
-        else:                     # same N block, M blocks 2u and 2u + 1
-            k(f"mov.u32 {n_blk}, {un}")
-            mine, pair_idx, limit = m_blk, um, "%m_blocks"
-        k(f"mad.lo.u32 {mine}, {pair_idx}, 2, %cta_rank", "this CTA's half of the pair")
-        k(f"setp.ge.u32 {ghost}, {mine}, {limit}")
-        k(f"@{ghost} sub.u32 {mine}, {mine}, 1", "past the end: redo the peer's tile, no store")
+    def _make_spec(self) -> KernelSpec:
+        c, sched = self.c, self.sched
+        maps = sched.tensor_maps()
+        params = [Param(t.param, "tmap", f"tensor map of {t.array}") for t in maps]
+        params += [Param("sfb", "u64", "B scales: f32 [G, ceil(N/128), ceil(K/128)] row-major", array="b_scales"),
+                   Param("debug", "u64", "debug builds: where a stuck wait reports (0: none)", array="debug")]
+        params += [p for p in sched.params() if p.type == "u64"]
+        params += [Param(x, "u32", f"problem {x.upper() if x != 'groups' else 'groups'}", value=x)
+                   for x in ("m", "n", "k", "groups")]
+        params += [p for p in sched.params() if p.type == "u32"]
+        return KernelSpec(
+            name=c.name, kind=c.kind, params=tuple(params), tensor_maps=tuple(maps),
+            threads=c.threads, smem_bytes=c.smem_bytes, cluster=(c.cluster, 1, 1),
+            block={"block_m": c.block_m, "block_n": c.block_n, "block_k": BLOCK_K, "stages": c.stages,
+                   "math_warpgroups": c.math_warpgroups},
+            expect_tx_bytes=sum(t.stage_bytes for t in maps),
+            grid="persistent: min(SMs // cluster, work units) clusters, capped by resident clusters")
 
     # ---- the kernel ------------------------------------------------------------------------
     def build(self) -> Kernel:
         c, k = self.c, self.k
         lay = c.smem_layout
         k.stage("setup: parameters, shared-memory map, tile counts")
-        self.const_pred()
-        for name in ("m", "n", "k", "groups"):
+        pt, pf = k.reg("pred", "p_true"), k.reg("pred", "p_false")
+        k(f"setp.eq.u32 {pt}, 0, 0")
+        k(f"setp.ne.u32 {pf}, 0, 0")
+        for name in ("m", "n", "k"):
             k.load_param("u32", f"shape_{name}", name)
+        k.load_param("u32", "groups", "groups")
         k.load_param("u64", "sfb_ptr", "sfb")
         k.load_param("u64", "debug_buf", "debug")
-        for t in ("a", "b", "sfa", "d"):
-            r = k.reg("u64", f"tmap_{t}")
-            k(f"mov.u64 {r}, {k.param('tmap_' + t)}")
+        for p in self.spec.params:
+            if p.name == "layout":
+                k.load_param("u64", "layout_ptr", "layout")
+            elif p.name == "d":
+                k.load_param("u64", "d_ptr", "d")
+            elif p.name == "d_stride":
+                k.load_param("u32", "d_stride", "d_stride")
+        for t in self.spec.tensor_maps:
+            r = k.reg("u64", t.param)
+            k(f"mov.u64 {r}, {k.param(t.param)}")
             k(f"cvta.param.u64 {r}, {r}")
         base = k.reg("u32", "smem_base")
         k(f"mov.u32 {base}, smem")
@@ -157,34 +90,11 @@ class GemmGen:
             r = k.reg("u32", f"smem_{region}")
             k(f"add.u32 {r}, {base}, {lay[region]}")
         k.reg("u32", "k_blocks")
-        k.reg("u32", "m_blocks")
-        k.reg("u32", "n_blocks")
-        k.reg("u32", "num_tiles")
         k(f"add.u32 %k_blocks, %shape_k, {BLOCK_K - 1}")
         k(f"shr.u32 %k_blocks, %k_blocks, 7")
-        k(f"add.u32 %m_blocks, %shape_m, {c.block_m - 1}")
-        k(f"div.u32 %m_blocks, %m_blocks, {c.block_m}")
-        k(f"add.u32 %n_blocks, %shape_n, {c.block_n - 1}")
-        k(f"div.u32 %n_blocks, %n_blocks, {c.block_n}")
-        k.comment("work units: tiles, or tile pairs that share an operand when clustered")
-        for r in ("units_m", "units_n", "num_units", "unit_start", "unit_step"):
-            k.reg("u32", r)
-        k("mov.u32 %units_m, %m_blocks")
-        k("mov.u32 %units_n, %n_blocks")
-        if c.cluster == 1:
-            k("mov.u32 %unit_start, %ctaid.x")
-            k("mov.u32 %unit_step, %nctaid.x")
-        else:
-            pair_dim = "%units_n" if c.multicast_on_a else "%units_m"
-            k(f"add.u32 {pair_dim}, {pair_dim}, 1")
-            k(f"shr.u32 {pair_dim}, {pair_dim}, 1")
-            k("mov.u32 %unit_start, %clusterid.x")
-            k("mov.u32 %unit_step, %nclusterid.x")
-            k.reg("u32", "cta_rank")
-            k("mov.u32 %cta_rank, %cluster_ctarank")
-            k.reg("pred", "p_rank0")
-            k("setp.eq.u32 %p_rank0, %cta_rank, 0")
-        k("mul.lo.u32 %num_units, %units_m, %units_n")
+        self.sched.emit_cluster_ranks(k, c.cluster)
+        k.comment(f"work units ({self.sched.kind} layout): tiles, or tile pairs that share an operand when clustered")
+        self.sched.emit_setup(k)
         thread, warp, lane = k.reg("u32", "thread"), k.reg("u32", "warp"), k.reg("u32", "lane")
         k(f"mov.u32 {thread}, %tid.x")
         k(f"shr.u32 {warp}, {thread}, 5")
@@ -195,8 +105,8 @@ class GemmGen:
         p_init = k.reg("pred", "p_init")
         k(f"setp.eq.u32 {p_init}, {thread}, {producer_first}")
         k(f"@!{p_init} bra.uni L_init_done")
-        for t in ("a", "b", "sfa", "d"):
-            k(f"prefetch.tensormap [%tmap_{t}]")
+        for t in self.spec.tensor_maps:
+            k(f"prefetch.tensormap [%{t.param}]")
         for s in range(c.stages):
             k(f"mbarrier.init.shared::cta.b64 [%smem_bar+{8 * s}], 1", f"full[{s}]: the producer's arrive + TMA bytes")
             k(f"mbarrier.init.shared::cta.b64 [%smem_bar+{8 * (c.stages + s)}], {4 * c.math_warpgroups * c.cluster}",
@@ -211,8 +121,6 @@ class GemmGen:
             k("barrier.cluster.arrive.release.aligned")
             k("barrier.cluster.wait.acquire.aligned")
             k.reg("u32", "peer_bar")
-            k.reg("u32", "peer_rank")
-            k("xor.b32 %peer_rank, %cta_rank, 1")
             k("mapa.shared::cluster.u32 %peer_bar, %smem_bar, %peer_rank", "the peer CTA's barrier block")
 
         p_prod = k.reg("pred", "p_producer")
@@ -224,7 +132,7 @@ class GemmGen:
 
     # ---- producer warpgroup ----------------------------------------------------------------
     def producer(self) -> None:
-        c, k = self.c, self.k
+        c, k, sched = self.c, self.k, self.sched
         k.stage("PRODUCER warpgroup: give registers away; one thread issues every TMA load")
         k.label("L_producer")
         k(f"setmaxnreg.dec.sync.aligned.u32 {PRODUCER_REGS}")
@@ -234,21 +142,16 @@ class GemmGen:
         stage, phase = k.reg("u32", "pstage"), k.reg("u32", "pphase")
         k(f"mov.u32 {stage}, 0")
         k(f"mov.u32 {phase}, 0")
-        tile = k.reg("u32", "punit")
-        k(f"mov.u32 {tile}, %unit_start")
-        tx_bytes = c.block_m * BLOCK_K + c.block_n * BLOCK_K + c.block_m * 4
+        sched.emit_begin(k, "prod")
         if c.cluster > 1:
             k.reg("b16", "mc_mask")
             k(f"mov.b16 %mc_mask, {(1 << c.cluster) - 1}", "both CTAs of the cluster")
         k.label("L_prod_tile")
-        p_done = k.reg("pred", "p_prod_done")
-        k(f"setp.ge.u32 {p_done}, {tile}, %num_units")
-        k(f"@{p_done} bra.uni L_prod_drain")
-        m_blk, n_blk = k.reg("u32", "pm_blk"), k.reg("u32", "pn_blk")
-        self.unit_coords(tile, m_blk, n_blk, k.reg("pred", "p_pghost"))
-        m0, n0 = k.reg("u32", "prod_m0"), k.reg("u32", "prod_n0")
-        k(f"mul.lo.u32 {m0}, {m_blk}, {c.block_m}")
-        k(f"mul.lo.u32 {n0}, {n_blk}, {c.block_n}")
+        tile = sched.emit_next(k, "prod", "L_prod_drain")
+        shared = () if c.cluster == 1 else (("a", "sfa") if c.multicast_on_a else ("b",))
+        if tile.mc_valid is not None and shared:
+            k.reg("pred", "p_mc_issue")
+            k(f"and.pred %p_mc_issue, %p_rank0, {tile.mc_valid}", "rank 0 multicasts when the pair shares it")
         kb = k.reg("u32", "pkb")
         k(f"mov.u32 {kb}, 0")
         k.label("L_prod_k")
@@ -258,32 +161,35 @@ class GemmGen:
         k(f"add.u32 {empty}, {full}, {8 * c.stages}")
         eparity = k.reg("u32", "peparity")
         k(f"xor.b32 {eparity}, {phase}, 1")
-        self.wait(empty, eparity, "empty", stage)
-        k(f"mbarrier.arrive.expect_tx.shared::cta.b64 _, [{full}], {tx_bytes}")
+        emit.wait(k, empty, eparity, "empty", stage, c.debug)
+        emit.arrive_expect_tx(k, full, self.spec.expect_tx_bytes)
         sa, sb, ssf = k.reg("u32", "pdst_a"), k.reg("u32", "pdst_b"), k.reg("u32", "pdst_sfa")
         k(f"mad.lo.u32 {sa}, {stage}, {c.block_m * BLOCK_K}, %smem_a")
         k(f"mad.lo.u32 {sb}, {stage}, {c.block_n * BLOCK_K}, %smem_b")
-        sfa_stride = (c.block_m * 4 + 127) // 128 * 128
-        k(f"mad.lo.u32 {ssf}, {stage}, {sfa_stride}, %smem_sfa")
+        k(f"mad.lo.u32 {ssf}, {stage}, {_sfa_stage_bytes(c)}, %smem_sfa")
         kx = k.reg("u32", "pk_elem")
         k(f"shl.b32 {kx}, {kb}, 7")
-        loads = [("a", sa, f"{kx}, {m0}", "A tile: 128 K x BM rows"),
-                 ("b", sb, f"{kx}, {n0}", "B tile: 128 K x BN rows"),
-                 ("sfa", ssf, f"{m0}, {kb}", "A scales: BM rows of K block kb")]
-        shared = () if c.cluster == 1 else (("a", "sfa") if c.multicast_on_a else ("b",))
-        op = "cp.async.bulk.tensor.2d.shared::cluster.global.tile.mbarrier::complete_tx::bytes"
+        loads = [("a", sa, sched.a_coords(tile, kx), "A tile: 128 K x BM rows"),
+                 ("b", sb, sched.b_coords(tile, kx), "B tile: 128 K x BN rows"),
+                 ("sfa", ssf, sched.sfa_coords(tile, kb), "A scales: BM rows of K block kb")]
         for name, dst, coords, what in loads:
-            if name in shared:
-                k(f"@%p_rank0 {op}.multicast::cluster [{dst}], [%tmap_{name}, {{{coords}}}], [{full}], %mc_mask",
-                  what + ", rank 0 multicasts it to both CTAs")
+            tmap = f"%tmap_{name}"
+            if name not in shared:
+                emit.tma_load(k, tmap, dst, coords, full, comment=what)
+            elif tile.mc_valid is None:
+                emit.tma_load(k, tmap, dst, coords, full, pred="%p_rank0", multicast_mask="%mc_mask",
+                              comment=what + ", rank 0 multicasts it to both CTAs")
             else:
-                k(f"{op} [{dst}], [%tmap_{name}, {{{coords}}}], [{full}]", what)
-        self.advance(stage, phase)
+                emit.tma_load(k, tmap, dst, coords, full, pred="%p_mc_issue", multicast_mask="%mc_mask",
+                              comment=what + ", rank 0 multicasts it to both CTAs")
+                emit.tma_load(k, tmap, dst, coords, full, pred=f"!{tile.mc_valid}",
+                              comment="the pair's blocks differ here: each CTA loads its own")
+        emit.advance_ring(k, stage, phase, c.stages)
         k(f"add.u32 {kb}, {kb}, 1")
         p_more = k.reg("pred", "p_prod_more")
         k(f"setp.lt.u32 {p_more}, {kb}, %k_blocks")
         k(f"@{p_more} bra.uni L_prod_k")
-        k(f"add.u32 {tile}, {tile}, %unit_step")
+        sched.emit_advance(k, "prod")
         k("bra.uni L_prod_tile")
         k.label("L_prod_drain")
         k.label("L_exit")
@@ -295,16 +201,16 @@ class GemmGen:
 
     # ---- math warpgroups -------------------------------------------------------------------
     def math(self) -> None:
-        c, k = self.c, self.k
+        c, k, sched = self.c, self.k, self.sched
         bn, waves = c.block_n, c.waves
         nacc = bn // 2
         k.stage("MATH warpgroups: take registers; per tile: K loop (WGMMA + promotion), epilogue")
         k(f"setmaxnreg.inc.sync.aligned.u32 {MATH_REGS[c.math_warpgroups]}")
-        wg = k.reg("u32", "wg")
+        k.reg("u32", "wg")
         k("shr.u32 %wg, %thread, 7")
-        wwarp = k.reg("u32", "warp_in_wg")
+        k.reg("u32", "warp_in_wg")
         k("and.b32 %warp_in_wg, %warp, 3")
-        row_in_wave = k.reg("u32", "row_in_wave")
+        k.reg("u32", "row_in_wave")
         k.comment("accumulator rows of this thread within a 64-row slab: r and r + 8")
         k("shr.u32 %row_in_wave, %lane, 2")
         k("mad.lo.u32 %row_in_wave, %warp_in_wg, 16, %row_in_wave")
@@ -312,62 +218,55 @@ class GemmGen:
         slab = [k.reg("u32", f"slab_row_{w}") for w in range(waves)]
         for w in range(waves):
             k(f"mad.lo.u32 {slab[w]}, %wg, 64, {w * 64 * c.math_warpgroups}")
-        p_lane0 = k.reg("pred", "p_lane0")
+        k.reg("pred", "p_lane0")
         k("setp.eq.u32 %p_lane0, %lane, 0")
         store_threads = (bn * 2) // c.d_swizzle if c.d_swizzle else 1
-        p_storer = k.reg("pred", "p_storer")
+        k.reg("pred", "p_storer")
         k(f"setp.lt.u32 %p_storer, %thread, {store_threads}")
         math_threads = 128 * c.math_warpgroups
-        stage, phase = k.reg("u32", "stage"), k.reg("u32", "phase")
+        k.reg("u32", "stage")
+        k.reg("u32", "phase")
         k("mov.u32 %stage, 0")
         k("mov.u32 %phase, 0")
-        tile = k.reg("u32", "unit")
-        k("mov.u32 %unit, %unit_start")
+        sched.emit_begin(k, "math")
         acc = k.regs("f32", "acc", nacc)
         fin = [k.regs("f32", f"final{w}", nacc) for w in range(waves)]
         two_scales = 128 % bn != 0
 
         k.label("L_math_tile")
-        p_done = k.reg("pred", "p_math_done")
-        k("setp.ge.u32 %p_math_done, %unit, %num_units")
-        k("@%p_math_done bra.uni L_math_end")
-        m_blk, n_blk = k.reg("u32", "m_blk"), k.reg("u32", "n_blk")
-        self.unit_coords(tile, m_blk, n_blk, k.reg("pred", "p_ghost"))
+        tile = sched.emit_next(k, "math", "L_math_end")
         k.comment("B-scale rows for this tile (a tile may straddle two 128-wide N blocks)")
-        sfb_row0 = k.reg("u64", "sfb_row0")
-        n0 = k.reg("u32", "n0")
-        k(f"mul.lo.u32 %n0, {n_blk}, {bn}")
-        b_blk = k.reg("u32", "b_blk")
-        k("shr.u32 %b_blk, %n0, 7")
+        k.reg("u64", "sfb_row0")
+        b_blk = sched.emit_sfb_row(k, tile)
         tmp = k.tmp("u32", "t")
-        k(f"mul.lo.u32 {tmp}, %b_blk, %k_blocks")
+        k(f"mul.lo.u32 {tmp}, {b_blk}, %k_blocks")
         k(f"mad.wide.u32 %sfb_row0, {tmp}, 4, %sfb_ptr")
         if two_scales:
             # 8-column slices i < former use the first scale block, the rest the next one
             k.reg("u32", "former")
-            k("and.b32 %former, %n0, 127")
+            k(f"and.b32 %former, {tile.n0}, 127")
             k("sub.u32 %former, 128, %former")
             k("shr.u32 %former, %former, 3")
             k(f"min.u32 %former, %former, {bn // 8}")
-            sfb_row1 = k.reg("u64", "sfb_row1")
-            nb_total = k.tmp("u32", "nbt")
-            k(f"add.u32 {nb_total}, %shape_n, 127")
-            k(f"shr.u32 {nb_total}, {nb_total}, 7")
-            k(f"sub.u32 {nb_total}, {nb_total}, 1")
-            b1 = k.tmp("u32", "b1")
-            k(f"add.u32 {b1}, %b_blk, 1")
-            k(f"min.u32 {b1}, {b1}, {nb_total}", "clamp: past N the second scale is never used")
-            k(f"mul.lo.u32 {b1}, {b1}, %k_blocks")
-            k(f"mad.wide.u32 %sfb_row1, {b1}, 4, %sfb_ptr")
+            k.reg("u64", "sfb_row1")
+            more = k.tmp("pred", "p_second_scale")
+            k.comment("the next 128-column scale row, only where the tile reaches into it and N does")
+            nxt_col = k.tmp("u32", "next_col")
+            k(f"and.b32 {nxt_col}, {tile.n0}, -128")
+            k(f"add.u32 {nxt_col}, {nxt_col}, 128")
+            k(f"setp.lt.u32 {more}, {nxt_col}, %shape_n")
+            step = k.tmp("u32", "row1_step")
+            k(f"selp.u32 {step}, %k_blocks, 0, {more}", "else: reread the first row (never used)")
+            k(f"mad.wide.u32 %sfb_row1, {step}, 4, %sfb_row0")
         for w in range(waves):
             for r in fin[w]:
                 k(f"mov.f32 {r}, 0f00000000")
-        sb0 = k.reg("f32", "sb0")
+        k.reg("f32", "sb0")
         k("ld.global.nc.f32 %sb0, [%sfb_row0]")
         if two_scales:
             k.reg("f32", "sb1")
             k("ld.global.nc.f32 %sb1, [%sfb_row1]")
-        kb = k.reg("u32", "kb")
+        k.reg("u32", "kb")
         k("mov.u32 %kb, 0")
 
         k.label("L_math_k")
@@ -377,7 +276,7 @@ class GemmGen:
         last = k.tmp("u32", "kb_last")
         k(f"sub.u32 {last}, %k_blocks, 1")
         k(f"min.u32 {nxt}, {nxt}, {last}")
-        nb0 = k.reg("f32", "sb0_next")
+        k.reg("f32", "sb0_next")
         addr = k.tmp("u64", "sfb_addr")
         k(f"mad.wide.u32 {addr}, {nxt}, 4, %sfb_row0")
         k(f"ld.global.nc.f32 %sb0_next, [{addr}]")
@@ -386,16 +285,16 @@ class GemmGen:
             addr1 = k.tmp("u64", "sfb_addr")
             k(f"mad.wide.u32 {addr1}, {nxt}, 4, %sfb_row1")
             k(f"ld.global.nc.f32 %sb1_next, [{addr1}]")
-        full = k.reg("u32", "full_bar")
+        k.reg("u32", "full_bar")
         k("mad.lo.u32 %full_bar, %stage, 8, %smem_bar")
-        self.wait("%full_bar", "%phase", "full", "%stage")
-        a_st, b_st, sfa_st = k.reg("u32", "a_stage"), k.reg("u32", "b_stage"), k.reg("u32", "sfa_stage")
+        emit.wait(k, "%full_bar", "%phase", "full", "%stage", c.debug)
+        for r in ("a_stage", "b_stage", "sfa_stage"):
+            k.reg("u32", r)
         k(f"mad.lo.u32 %a_stage, %stage, {c.block_m * BLOCK_K}, %smem_a")
         k(f"mad.lo.u32 %b_stage, %stage, {bn * BLOCK_K}, %smem_b")
-        sfa_stride = (c.block_m * 4 + 127) // 128 * 128
-        k(f"mad.lo.u32 %sfa_stage, %stage, {sfa_stride}, %smem_sfa")
-        # WGMMA descriptors: start address >> 4 in the low word; SBO = 1024 B, 128-byte swizzle
-        b_lo = k.reg("u32", "desc_b_lo")
+        k(f"mad.lo.u32 %sfa_stage, %stage, {_sfa_stage_bytes(c)}, %smem_sfa")
+        # WGMMA descriptors: start address >> 4 in the low word
+        k.reg("u32", "desc_b_lo")
         k("shr.u32 %desc_b_lo, %b_stage, 4")
         for w in range(waves):
             k.stage(f"K block: wave {w} (rows slab_row_{w} + 0..63): WGMMA then promotion")
@@ -412,12 +311,8 @@ class GemmGen:
             k("wgmma.fence.sync.aligned")
             acc_list = "{" + ", ".join(acc) + "}"
             for kk in range(BLOCK_K // 32):
-                da, db = k.tmp("b64", "desc_a"), k.tmp("b64", "desc_b")
-                alo, blo = k.tmp("u32", "dlo"), k.tmp("u32", "dlo")
-                k(f"add.u32 {alo}, {a_lo}, {kk * 2}", f"+{kk * 32} bytes along K")
-                k(f"add.u32 {blo}, %desc_b_lo, {kk * 2}")
-                k(f"mov.b64 {da}, {{{alo}, 0x40000040}}")
-                k(f"mov.b64 {db}, {{{blo}, 0x40000040}}")
+                da = emit.wgmma_desc(k, a_lo, kk * 2)
+                db = emit.wgmma_desc(k, "%desc_b_lo", kk * 2)
                 scale_d = "%p_false" if kk == 0 else "%p_true"
                 k(f"wgmma.mma_async.sync.aligned.m64n{bn}k32.f32.e4m3.e4m3 {acc_list}, {da}, {db}, {scale_d}, 1, 1")
             k("wgmma.commit_group.sync.aligned")
@@ -426,32 +321,37 @@ class GemmGen:
                 k.comment("stage fully read (A/B by WGMMA, A scales above): release it")
                 empty = k.tmp("u32", "empty_bar")
                 k(f"add.u32 {empty}, %full_bar, {8 * c.stages}")
-                k(f"@%p_lane0 mbarrier.arrive.shared::cta.b64 _, [{empty}]")
+                emit.arrive(k, empty, "%p_lane0")
                 if c.cluster > 1:
                     remote = k.tmp("u32", "peer_empty")
                     k(f"mad.lo.u32 {remote}, %stage, 8, %peer_bar")
                     k(f"add.u32 {remote}, {remote}, {8 * c.stages}")
-                    # .release.cta, not .cluster: a cluster-scope release is a MEMBAR.ALL.GPU per
-                    # arrive (2x slower kernels); the stage's reads are complete here already
-                    # (wgmma.wait_group 0, and the A scales were loaded before the WGMMAs)
-                    k(f"@%p_lane0 mbarrier.arrive.shared::cluster.b64 _, [{remote}]",
-                      "and on the peer's: its producer may multicast into this CTA")
+                    # the stage's reads are complete here already (wgmma.wait_group 0, and the
+                    # A scales were loaded before the WGMMAs)
+                    emit.arrive_remote(k, remote, "%p_lane0", "and on the peer's: its producer may multicast into this CTA")
             self.promote(acc, fin[w], sa, two_scales)
-        self.advance("%stage", "%phase")
+        emit.advance_ring(k, "%stage", "%phase", c.stages)
         k("mov.f32 %sb0, %sb0_next")
         if two_scales:
             k("mov.f32 %sb1, %sb1_next")
         k("add.u32 %kb, %kb, 1")
-        p_more = k.reg("pred", "p_math_more")
+        k.reg("pred", "p_math_more")
         k("setp.lt.u32 %p_math_more, %kb, %k_blocks")
         k("@%p_math_more bra.uni L_math_k")
 
-        if c.cluster > 1:
-            k("@%p_ghost bra.uni L_epilogue_done", "a ghost tile is the peer's: nothing to store")
-        self.epilogue(fin, m_blk, n_blk, store_threads, math_threads)
-        if c.cluster > 1:
+        if tile.ghost is not None:
+            k(f"@{tile.ghost} bra.uni L_epilogue_done", "a ghost tile is the peer's: nothing to store")
+        if tile.rows is not None:
+            clip = k.reg("pred", "p_clip")
+            k(f"setp.lt.u32 {clip}, {tile.rows}, {c.block_m}")
+            k(f"@{clip} bra.uni L_store_clipped", "the group ends inside this block")
+        self.epilogue(fin, tile, store_threads, math_threads)
+        if tile.rows is not None:
+            k("bra.uni L_epilogue_done")
+            self.clipped_store(fin, tile)
+        if tile.ghost is not None or tile.rows is not None:
             k.label("L_epilogue_done")
-        k("add.u32 %unit, %unit, %unit_step")
+        sched.emit_advance(k, "math")
         k("bra.uni L_math_tile")
         k.label("L_math_end")
         k.comment("the last TMA stores must finish before the CTA's shared memory goes away")
@@ -502,7 +402,7 @@ class GemmGen:
                 k(f"bra.uni {done}")
         k.label(done)
 
-    def epilogue(self, fin, m_blk: str, n_blk: str, store_threads: int, math_threads: int) -> None:
+    def epilogue(self, fin, tile, store_threads: int, math_threads: int) -> None:
         c, k = self.c, self.k
         bn, swz = c.block_n, c.d_swizzle
         k.stage("EPILOGUE: bf16 -> stmatrix into the swizzled D tile -> TMA store")
@@ -539,26 +439,59 @@ class GemmGen:
                     k(f"mad.lo.u32 {col}, {pair}, 8, {8 * i}")
                 else:
                     k(f"mov.u32 {col}, {8 * i}")
-                addr = self.d_smem_addr(row, col)
-                shape = "x4" if cnt == 2 else "x2"
-                k(f"stmatrix.sync.aligned.m8n8.{shape}.shared.b16 [{addr}], {{{', '.join(regs)}}}")
+                emit.stmatrix(k, self.d_smem_addr(row, col), regs)
                 i += cnt
         k("fence.proxy.async.shared::cta", "make the D tile visible to the TMA engine")
         k(f"bar.sync 1, {math_threads}")
         k("@!%p_storer bra.uni L_store_done")
-        m0, n0 = k.tmp("u32", "dm0"), k.tmp("u32", "dn0")
-        k(f"mul.lo.u32 {m0}, {m_blk}, {c.block_m}")
-        k(f"mul.lo.u32 {n0}, {n_blk}, {bn}")
         if swz:
             cols = swz // 2
-            src = k.tmp("u32", "dsrc")
+            src, n0 = k.tmp("u32", "dsrc"), k.tmp("u32", "dn0")
             k(f"mad.lo.u32 {src}, %thread, {c.block_m * swz}, %smem_d", "this thread stores one swizzle atom")
-            k(f"mad.lo.u32 {n0}, %thread, {cols}, {n0}")
+            k(f"mad.lo.u32 {n0}, %thread, {cols}, {tile.n0}")
         else:
-            src = "%smem_d"
-        k(f"cp.async.bulk.tensor.2d.global.shared::cta.bulk_group [%tmap_d, {{{n0}, {m0}}}], [{src}]")
+            src, n0 = "%smem_d", tile.n0
+        emit.tma_store(k, "%tmap_d", src, self.sched.d_coords(tile, n0))
         k("cp.async.bulk.commit_group")
         k.label("L_store_done")
+
+    def clipped_store(self, fin, tile) -> None:
+        """Store only the block's first ``tile.rows`` rows, straight from the registers (the
+        TMA store clips only at the array's edge). Used where a group ends inside a block."""
+        c, k = self.c, self.k
+        k.stage("EPILOGUE (clipped): rows < tile.rows only, bf16 pairs from registers")
+        k.label("L_store_clipped")
+        cols_left = k.tmp("u32", "cols_left")
+        k(f"sub.u32 {cols_left}, %shape_n, {tile.n0}")
+        col = k.tmp("u32", "ccol")
+        k("and.b32 %s, %%lane, 3" % col)
+        k(f"shl.b32 {col}, {col}, 1", "this thread's first column in each 8-column slice")
+        base = k.tmp("u64", "crow_base")
+        for w, f in enumerate(fin):
+            for h in range(2):
+                r = k.tmp("u32", "crow")
+                k(f"add.u32 {r}, %slab_row_{w}, %row_in_wave")
+                if h:
+                    k(f"add.u32 {r}, {r}, 8")
+                p_row = k.tmp("pred", "p_crow")
+                k(f"setp.lt.u32 {p_row}, {r}, {tile.rows}")
+                g = k.tmp("u32", "cg_row")
+                k(f"add.u32 {g}, {r}, {tile.row}")
+                k(f"mul.wide.u32 {base}, {g}, %d_stride")
+                elem = k.tmp("u32", "celem")
+                k(f"add.u32 {elem}, {tile.n0}, {col}")
+                off = k.tmp("u64", "coff")
+                k(f"cvt.u64.u32 {off}, {elem}")
+                k(f"add.u64 {base}, {base}, {off}")
+                k(f"mad.lo.u64 {base}, {base}, 2, %d_ptr")
+                for i in range(c.block_n // 8):
+                    p, ci = k.tmp("pred", "p_cst"), k.tmp("u32", "ccol_i")
+                    k(f"add.u32 {ci}, {col}, {8 * i}")
+                    k(f"setp.lt.and.u32 {p}, {ci}, {cols_left}, {p_row}")
+                    v = k.tmp("b32", "cbf2")
+                    j = 4 * i + 2 * h
+                    k(f"cvt.rn.bf16x2.f32 {v}, {f[j + 1]}, {f[j]}")
+                    k(f"@{p} st.global.b32 [{base}+{16 * i}], {v}")
 
     def d_smem_addr(self, row: str, col: str) -> str:
         """Shared address of (row, col) in the D tile, in TMA's swizzled layout."""
@@ -594,6 +527,10 @@ def split_points(block_n: int) -> list[int]:
 
 
 def build(cfg: GemmConfig) -> Kernel:
-    if cfg.kind != "dense":
-        raise NotImplementedError(f"the {cfg.kind} grouped GEMM kernel is not implemented yet")
+    """The kernel for ``cfg`` (any layout kind: dense, contiguous, contiguous_psum, masked)."""
     return GemmGen(cfg).build()
+
+
+def spec(cfg: GemmConfig) -> KernelSpec:
+    """The host contract of ``build(cfg)``, without generating the PTX."""
+    return GemmGen(cfg).spec

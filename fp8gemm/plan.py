@@ -1,0 +1,125 @@
+"""Plans: a compiled kernel bound to one problem, filled in from the template's spec.
+
+A ``KernelPlan`` compiles (or loads) the kernel for a config, sizes its launch, and fills
+every parameter from the ``KernelSpec``: scalars from the problem values, tensor maps
+encoded from the map descriptions, addresses from the launch arguments. The host restates
+nothing the template decided. ``launch`` only writes the addresses that changed (and
+re-encodes the tensor maps that describe them) before the driver call.
+"""
+from __future__ import annotations
+
+import dataclasses
+import functools
+import os
+import struct
+from typing import Mapping, Sequence
+
+from . import launcher, runtime
+from .config import GemmConfig, get_num_sms
+from .ptx_templates import gemm as template
+from .ptx_templates.spec import KernelSpec, TensorMap, evaluate
+
+
+def debug_default() -> bool:
+    return os.environ.get("FP8GEMM_DEBUG", "0") not in ("", "0")
+
+
+@functools.lru_cache(maxsize=None)
+def kernel_spec(cfg: GemmConfig) -> KernelSpec:
+    return template.spec(cfg)
+
+
+_resident: dict[tuple, int] = {}
+
+
+def _resident_clusters(kernel: launcher.Launch, cfg: GemmConfig) -> int:
+    key = (id(kernel.fn), cfg)
+    if key not in _resident:
+        _resident[key] = max(1, launcher.max_active_clusters(kernel))
+    return _resident[key]
+
+
+class _Binder:
+    """Writes one launch argument's address into the parameters that depend on it."""
+    __slots__ = ("ptr", "maps", "slots")
+
+    def __init__(self):
+        self.ptr = None
+        self.maps: list[tuple[int, TensorMap, tuple, tuple, tuple]] = []
+        self.slots: list[int] = []
+
+
+class KernelPlan:
+    """A kernel for one config and one problem. ``values`` are the problem values the
+    spec's expressions use (m, n, k, groups, kb, strides in elements, ...); ``arguments``
+    names the launch arguments in the order ``launch`` takes them."""
+
+    arguments: tuple[str, ...] = ()
+
+    def __init__(self, config: GemmConfig, grid: int, values: Mapping[str, int], *, device: int = 0,
+                 debug: bool | None = None, sass_pass: bool | None = None):
+        debug = debug_default() if debug is None else debug
+        if debug and not config.debug:
+            config = dataclasses.replace(config, debug=True)
+        self.config, self.grid, self.device = config, grid, device
+        self.spec = spec = kernel_spec(config)
+        cfg = config
+        self.fn, self.compiled = runtime.get_function(("gemm", cfg), lambda: template.build(cfg), device,
+                                                      spec.smem_bytes, post_pass=sass_pass)
+        self.kernel = launcher.Launch(self.fn, (grid, 1, 1), (spec.threads, 1, 1), spec.smem_bytes, spec.cluster)
+        if cfg.cluster > 1:
+            # a GPC with an odd number of free SMs cannot host a whole cluster on its last one;
+            # a persistent grid larger than what is resident would run its last clusters late
+            resident = _resident_clusters(self.kernel, cfg)
+            if grid > resident * cfg.cluster:
+                self.grid = resident * cfg.cluster
+                self.kernel.config.gridDimX = self.grid
+        self.values = dict(values, block_m=cfg.block_m, block_n=cfg.block_n)
+        self.params = launcher.ParamPack([p.type for p in spec.params])
+        self.debug_buffer = None
+        binders = {name: _Binder() for name in self.arguments}
+        for i, p in enumerate(spec.params):
+            if p.type == "tmap":
+                t = spec.tensor_map(p.name)
+                shape = (tuple(evaluate(x, self.values) for x in t.dims),
+                         tuple(evaluate(x, self.values) for x in t.strides),
+                         tuple(evaluate(x, self.values) for x in t.box))
+                binders[t.array].maps.append((i, t) + shape)
+            elif p.array == "debug":
+                if cfg.debug:
+                    self.debug_buffer = launcher.DeviceBuffer(64, device)
+                    self.debug_buffer.upload(bytes(64))
+                self.params[i] = self.debug_buffer.ptr if self.debug_buffer else 0
+            elif p.array is not None:
+                binders[p.array].slots.append(i)
+            else:
+                self.params[i] = evaluate(p.value, self.values)
+        self._binders = [binders[name] for name in self.arguments]
+
+    def _launch(self, ptrs: Sequence[int], stream: int) -> None:
+        for b, ptr in zip(self._binders, ptrs):
+            if ptr != b.ptr:
+                for i, t, dims, strides, box in b.maps:
+                    self.params[i] = launcher.encode_tensor_map(t.dtype, ptr, dims, strides, box, t.swizzle)
+                for i in b.slots:
+                    self.params[i] = ptr
+                b.ptr = ptr
+        self.kernel(self.params.address, stream)
+
+    def debug_info(self) -> tuple | None:
+        """After a trapped debug launch: (block, warp, barrier 1=full/2=empty, stage, parity)."""
+        if self.debug_buffer is None:
+            return None
+        raw = bytes(self.debug_buffer.download())
+        if struct.unpack_from("<I", raw, 0)[0] == 0:
+            return None
+        return struct.unpack_from("<5I", raw, 16)
+
+    def __repr__(self) -> str:
+        shape = ", ".join(f"{x}={self.values[x]}" for x in ("m", "n", "k", "groups"))
+        return (f"{type(self).__name__}({shape}, {self.config.name}, grid={self.grid}, "
+                f"regs={self.compiled.resources.registers}, smem={self.spec.smem_bytes})")
+
+
+def default_grid(config: GemmConfig, m: int, n: int, groups: int, num_sms: int | None) -> int:
+    return config.grid(m, n, num_sms or get_num_sms(), groups)
