@@ -487,6 +487,10 @@ class Segmented(Scheduler):
     def _row_base(self, role: str) -> str | None:
         return None
 
+    def _stored_rows(self, left: int) -> int:
+        """Rows a block stores, given the group's rows from its first one on."""
+        return self.c.block_m            # whole tiles: the per-group maps clip at M_max
+
     def _group_rows(self, groups: int, m: int, layout: Sequence[int]) -> list[tuple[int, int]]:
         """(first row, rows) of each group, as the kernel reads them."""
         raise NotImplementedError
@@ -510,7 +514,7 @@ class Segmented(Scheduler):
                     a, b = self._raster(u - first, um, un)
                     mi, ni, ghost = self._pair(rank, a, b, mb, nb)
                     out[cta].append(TileRecord(g, mi, ni, row0 + mi * c.block_m, ghost, True,
-                                               min(c.block_m, rows - mi * c.block_m)))
+                                               self._stored_rows(rows - mi * c.block_m)))
                     u += step
         return out
 
@@ -575,6 +579,9 @@ class GroupEnds(Segmented):
 
     def _row_base(self, role: str) -> str:
         return f"%{role}_seg_row0"
+
+    def _stored_rows(self, left: int) -> int:
+        return min(self.c.block_m, left)   # rows past the group's end are another group's or none
 
     def emit_next(self, k: Kernel, role: str, done: str) -> Tile:
         t = super().emit_next(k, role, done)
