@@ -116,34 +116,46 @@ class MaskedPlan(KernelPlan):
         _check_problem(who, n, k, groups)
         _positive(f"{who}: expected_m", expected_m)
         kb = ceil_div(k, BLOCK_K)
-        a_stride, b_stride, out_stride = a_stride or k, b_stride or k, out_stride or n
-        sfa_stride = sfa_stride or ceil_div(m_max, 4) * 4
-        a_group_stride = a_group_stride or m_max * a_stride
-        b_group_stride = b_group_stride or n * b_stride
-        out_group_stride = out_group_stride or m_max * out_stride
-        sfa_group_stride = sfa_group_stride or kb * sfa_stride
-        many = groups > 1
-        _check_strides(who, {"a_stride": (a_stride, k, 1), "b_stride": (b_stride, k, 1),
-                             "out_stride": (out_stride, n, 2), "sfa_stride": (sfa_stride, m_max, 4),
-                             "a_group_stride": (a_group_stride, m_max * a_stride if many else 0, 1),
-                             "b_group_stride": (b_group_stride, n * b_stride if many else 0, 1),
-                             "out_group_stride": (out_group_stride, m_max * out_stride if many else 0, 2),
-                             "sfa_group_stride": (sfa_group_stride, kb * sfa_stride if many else 0, 4)})
+        st = masked_strides(who, m_max, n, k, groups, a_stride=a_stride, a_group_stride=a_group_stride,
+                            b_stride=b_stride, b_group_stride=b_group_stride, out_stride=out_stride,
+                            out_group_stride=out_group_stride, sfa_stride=sfa_stride,
+                            sfa_group_stride=sfa_group_stride)
         expected = min(expected_m, m_max)
         if config is None:
             config, _ = select_config(expected, n, k, groups, kind="masked", num_sms=num_sms)
         elif config.kind != "masked":
             raise ValueError(f"{who}: config is for the {config.kind} layout, not masked")
         grid = default_grid(config, m_max, n, groups, num_sms)
-        values = dict(m=m_max, n=n, k=k, groups=groups, kb=kb, a_stride=a_stride, b_stride=b_stride,
-                      out_stride=out_stride, sfa_stride=sfa_stride, a_group_stride=a_group_stride,
-                      b_group_stride=b_group_stride, out_group_stride=out_group_stride,
-                      sfa_group_stride=sfa_group_stride)
+        values = dict(m=m_max, n=n, k=k, groups=groups, kb=kb, **st)
         super().__init__(config, grid, values, device=device, debug=debug, sass_pass=sass_pass)
 
     def launch(self, a_ptr: int, a_scales_ptr: int, b_ptr: int, b_scales_ptr: int, out_ptr: int,
                masked_m_ptr: int, stream: int = 0) -> None:
         self._launch((a_ptr, a_scales_ptr, b_ptr, b_scales_ptr, out_ptr, masked_m_ptr), stream)
+
+
+def masked_strides(who: str, m_max: int, n: int, k: int, groups: int, **given: int | None) -> dict[str, int]:
+    """The masked layout's strides (elements), defaults filled in, checked: rows and groups
+    no closer than their extent, 16-byte multiples (TMA)."""
+    kb = ceil_div(k, BLOCK_K)
+    st = {x: given.get(x) for x in ("a_stride", "b_stride", "out_stride", "sfa_stride", "a_group_stride",
+                                      "b_group_stride", "out_group_stride", "sfa_group_stride")}
+    st["a_stride"] = st["a_stride"] or k
+    st["b_stride"] = st["b_stride"] or k
+    st["out_stride"] = st["out_stride"] or n
+    st["sfa_stride"] = st["sfa_stride"] or ceil_div(m_max, 4) * 4
+    st["a_group_stride"] = st["a_group_stride"] or m_max * st["a_stride"]
+    st["b_group_stride"] = st["b_group_stride"] or n * st["b_stride"]
+    st["out_group_stride"] = st["out_group_stride"] or m_max * st["out_stride"]
+    st["sfa_group_stride"] = st["sfa_group_stride"] or kb * st["sfa_stride"]
+    many = groups > 1
+    _check_strides(who, {"a_stride": (st["a_stride"], k, 1), "b_stride": (st["b_stride"], k, 1),
+                         "out_stride": (st["out_stride"], n, 2), "sfa_stride": (st["sfa_stride"], m_max, 4),
+                         "a_group_stride": (st["a_group_stride"], m_max * st["a_stride"] if many else 0, 1),
+                         "b_group_stride": (st["b_group_stride"], n * st["b_stride"] if many else 0, 1),
+                         "out_group_stride": (st["out_group_stride"], m_max * st["out_stride"] if many else 0, 2),
+                         "sfa_group_stride": (st["sfa_group_stride"], kb * st["sfa_stride"] if many else 0, 4)})
+    return st
 
 
 def plan_m_grouped_gemm_contiguous(m_sum: int, n: int, k: int, groups: int, **kw) -> ContiguousPlan:
@@ -347,6 +359,11 @@ def m_grouped_gemm_fp8_fp8_bf16_nt_masked(lhs: tuple, rhs: tuple, out: Any, mask
     sfa_group = sa.strides[0] if groups > 1 else kb * sfa_stride
     if sfa_group % 4 or (groups > 1 and sfa_group < kb * sfa_stride):
         raise ValueError(f"a_scales: group stride {sfa_group} must be >= {kb * sfa_stride} and a multiple of 4")
+    strides = dict(a_stride=a.strides[1], a_group_stride=a.strides[0] if groups > 1 else None,
+                   b_stride=b.strides[1], b_group_stride=b.strides[0] if groups > 1 else None,
+                   out_stride=d.strides[1], out_group_stride=d.strides[0] if groups > 1 else None,
+                   sfa_stride=sfa_stride, sfa_group_stride=sfa_group)
+    masked_strides("m_grouped_gemm_fp8_fp8_bf16_nt_masked", m_max, n, k, groups, **strides)
     device = arrays.check_same_device({"a": a, "a_scales": sa, "b": b, "b_scales": sb, "out": d, "masked_m": mm})
     launcher.context_for(device)
     st = arrays.resolve_stream(stream, [a], device)
@@ -356,10 +373,6 @@ def m_grouped_gemm_fp8_fp8_bf16_nt_masked(lhs: tuple, rhs: tuple, out: Any, mask
         if bad.size:
             raise ValueError(f"masked_m: group {bad[0]} has {vals[bad[0]]} rows, outside [0, M_max = {m_max}]")
     expected = max(1, min(int(expected_m), m_max))
-    strides = dict(a_stride=a.strides[1], a_group_stride=a.strides[0] if groups > 1 else None,
-                   b_stride=b.strides[1], b_group_stride=b.strides[0] if groups > 1 else None,
-                   out_stride=d.strides[1], out_group_stride=d.strides[0] if groups > 1 else None,
-                   sfa_stride=sfa_stride, sfa_group_stride=sfa_group)
     key = ("masked", m_max, n, k, groups, expected, tuple(strides.values()), device, config)
     plan = _plans.get(key)
     if plan is None:

@@ -247,7 +247,8 @@ _worker_handle: Handle | None = None
 
 def _worker_init(dir: str, cache_dir: str) -> None:
     global _worker_handle
-    os.environ["DG_PRINT_CONFIGS"] = "1"
+    # (DG_PRINT_CONFIGS would make the config print path run; it crashed in our builds (an ostream
+    # of an int inside _C), so configs are not captured)
     _worker_handle = load(dir, cache_dir)
 
 
