@@ -553,7 +553,7 @@ def _plan_info(fp8gemm, name: str, args_: tuple, sfa_stride: int) -> tuple:
     for kw in ({"sfa_stride": sfa_stride}, {}):
         try:
             p = planner(*args_, **kw)
-            return p.config.name, list(p.grid), None
+            return p.config.name, p.grid, None
         except TypeError as e:
             last = e
     return None, None, f"{name}: {last}"
@@ -650,6 +650,19 @@ def _grouped_record_times(rec, prefix, ts, ops, nbytes):
     rec[f"{tag}us"] = sum(ts) / len(ts) * 1e6
 
 
+def _forced_configs(fp8gemm, args, kind):
+    """(tag, GemmConfig) for each --configs entry 'BMxBNxSTAGES[:a|:b]' (a/b: 2-CTA multicast)."""
+    out = []
+    for spec in [x.strip() for x in (getattr(args, "configs", None) or "").split(",") if x.strip()]:
+        shape, _, mc = spec.partition(":")
+        bm, bn, st = (int(x) for x in shape.split("x"))
+        if kind != "masked" and bm > 128:
+            continue
+        cfg = fp8gemm.GemmConfig(bm, bn, st, cluster=2 if mc else 1, multicast_on_a=mc != "b", kind=kind)
+        out.append((f"cfg_{spec.replace(':', '_')}", cfg))
+    return out
+
+
 def _print_grouped(kind, rec, dg):
     cfg = (rec.get("config") or "-")[-34:]
     ours = f"{rec['tflops']:8.1f} {rec['gbps']:6.0f} {rec['us']:8.1f}" if rec.get("tflops") else \
@@ -665,6 +678,7 @@ def _print_grouped(kind, rec, dg):
             line += " DISAGREE"
     r = rec.get("ref_diff")
     line += f" {r if r is not None else float('nan'):8.1e}"
+    line += "".join(f"  {x[:-7]}={rec[x]:.0f}" for x in rec if x.startswith("cfg_") and x.endswith("_tflops"))
     print(line, flush=True)
 
 
@@ -698,6 +712,9 @@ def _grouped_contiguous(args, torch, fp8gemm, shape, sizes, m_sum, _hint, have_o
     fns = {}
     if have_ours:
         fns[""] = lambda: fp8gemm.m_grouped_gemm_fp8_fp8_bf16_nt_contiguous((aq, sa), (bq, sb), out, m_indices)
+        for tag, cfg in _forced_configs(fp8gemm, args, "contiguous"):
+            fns[tag] = (lambda cfg=cfg: fp8gemm.m_grouped_gemm_fp8_fp8_bf16_nt_contiguous(
+                (aq, sa), (bq, sb), out, m_indices, config=cfg))
     out_dg = None
     if dg:
         out_dg = torch.empty_like(out)
@@ -705,6 +722,8 @@ def _grouped_contiguous(args, torch, fp8gemm, shape, sizes, m_sum, _hint, have_o
     times = timed_variants(fns, rounds=args.rounds)
     if have_ours:
         _grouped_record_times(rec, "", [times[""]], [ops], [nbytes])
+        for tag in [x for x in fns if x.startswith("cfg_")]:
+            _grouped_record_times(rec, tag, [times[tag]], [ops], [nbytes])
     if dg:
         _grouped_record_times(rec, "deepgemm", [times["deepgemm"]], [ops], [nbytes])
         rec["deepgemm_commit"] = dg.commit
@@ -754,6 +773,9 @@ def _grouped_masked(args, torch, fp8gemm, shape, draws, m_max, hint, have_ours, 
     fns = {}
     if have_ours:
         fns[""] = lambda: fp8gemm.m_grouped_gemm_fp8_fp8_bf16_nt_masked((aq, sa), (bq, sb), out, masked_m, hint)
+        for tag, cfg in _forced_configs(fp8gemm, args, "masked"):
+            fns[tag] = (lambda cfg=cfg: fp8gemm.m_grouped_gemm_fp8_fp8_bf16_nt_masked(
+                (aq, sa), (bq, sb), out, masked_m, hint, config=cfg))
     out_dg = None
     if dg:
         out_dg = torch.empty_like(out)
@@ -797,6 +819,8 @@ def _grouped_masked(args, torch, fp8gemm, shape, draws, m_max, hint, have_ours, 
     rec["draws"] = draw_recs
     if have_ours:
         _grouped_record_times(rec, "", per[""], ops, nbytes)
+        for tag in [x for x in fns if x.startswith("cfg_")]:
+            _grouped_record_times(rec, tag, per[tag], ops, nbytes)
     if dg:
         _grouped_record_times(rec, "deepgemm", per["deepgemm"], ops, nbytes)
         rec["deepgemm_commit"] = dg.commit
@@ -844,6 +868,8 @@ def main(argv=None) -> int:
     pm.add_argument("--no-reference", action="store_true",
                     help="skip the float reference check of the valid rows")
     pm.add_argument("--rounds", type=int, default=5, help="interleaved rounds of 10 timed calls per variant")
+    pm.add_argument("--configs", help="also time these forced configs, e.g. 128x160x4:b,128x128x5 "
+                    "(BMxBNxSTAGES, :a/:b = 2-CTA cluster sharing A/B)")
     _add_deepgemm_args(pm)
     args = p.parse_args(argv)
     res = {"quant": bench_quant, "gemm": bench_gemm, "grouped": bench_grouped}[args.what](args)
