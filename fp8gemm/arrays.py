@@ -213,6 +213,22 @@ def check_dtype(v: View, name: str, *allowed: str) -> None:
         raise TypeError(f"{name}: dtype is {v.dtype}; expected {' or '.join(allowed)}{hint}")
 
 
+def fp8_operands(lhs, rhs) -> tuple[View, View, View, View]:
+    """(a, a_scales, b, b_scales) views from the GEMMs' (a, a_scales), (b, b_scales) pairs,
+    dtypes checked: e4m3 data, float32 scales."""
+    if not (isinstance(lhs, tuple) and len(lhs) == 2):
+        raise TypeError("lhs must be a tuple (a, a_scales)")
+    if not (isinstance(rhs, tuple) and len(rhs) == 2):
+        raise TypeError("rhs must be a tuple (b, b_scales)")
+    a, sa = as_view(lhs[0], "a"), as_view(lhs[1], "a_scales")
+    b, sb = as_view(rhs[0], "b"), as_view(rhs[1], "b_scales")
+    check_dtype(a, "a", "float8_e4m3fn")
+    check_dtype(b, "b", "float8_e4m3fn")
+    check_dtype(sa, "a_scales", "float32")
+    check_dtype(sb, "b_scales", "float32")
+    return a, sa, b, sb
+
+
 def check_shape(v: View, name: str, shape: Sequence[int | None]) -> None:
     ok = len(v.shape) == len(shape) and all(w is None or w == s for s, w in zip(v.shape, shape))
     if not ok:

@@ -77,17 +77,8 @@ _plans: dict[tuple, GemmPlan] = {}
 
 
 def _check_operands(lhs, rhs, out):
-    if not (isinstance(lhs, tuple) and len(lhs) == 2):
-        raise TypeError("lhs must be a tuple (a, a_scales)")
-    if not (isinstance(rhs, tuple) and len(rhs) == 2):
-        raise TypeError("rhs must be a tuple (b, b_scales)")
-    a, sa = as_view(lhs[0], "a"), as_view(lhs[1], "a_scales")
-    b, sb = as_view(rhs[0], "b"), as_view(rhs[1], "b_scales")
+    a, sa, b, sb = arrays.fp8_operands(lhs, rhs)
     d = as_view(out, "out")
-    check_dtype(a, "a", "float8_e4m3fn")
-    check_dtype(b, "b", "float8_e4m3fn")
-    check_dtype(sa, "a_scales", "float32")
-    check_dtype(sb, "b_scales", "float32")
     check_dtype(d, "out", "bfloat16")
     check_shape(a, "a", (None, None))
     m, k = a.shape

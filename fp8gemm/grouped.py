@@ -172,20 +172,6 @@ def plan_m_grouped_gemm_masked(m_max: int, n: int, k: int, groups: int, expected
 _plans: dict[tuple, KernelPlan] = {}
 
 
-def _operand_pairs(lhs, rhs) -> tuple[View, View, View, View]:
-    if not (isinstance(lhs, tuple) and len(lhs) == 2):
-        raise TypeError("lhs must be a tuple (a, a_scales)")
-    if not (isinstance(rhs, tuple) and len(rhs) == 2):
-        raise TypeError("rhs must be a tuple (b, b_scales)")
-    a, sa = as_view(lhs[0], "a"), as_view(lhs[1], "a_scales")
-    b, sb = as_view(rhs[0], "b"), as_view(rhs[1], "b_scales")
-    check_dtype(a, "a", "float8_e4m3fn")
-    check_dtype(b, "b", "float8_e4m3fn")
-    check_dtype(sa, "a_scales", "float32")
-    check_dtype(sb, "b_scales", "float32")
-    return a, sa, b, sb
-
-
 def _check_b(b: View, sb: View, k: int) -> tuple[int, int]:
     """B [G, N, K] e4m3 and its scales [G, ceil(N/128), ceil(K/128)] (contiguous): (G, N)."""
     check_shape(b, "b", (None, None, k))
@@ -280,7 +266,7 @@ def m_grouped_gemm_fp8_fp8_bf16_nt_contiguous(lhs: tuple, rhs: tuple, out: Any, 
     row outside the groups). Padding rows in a block that also holds a group's rows may
     receive any value. ``validate=True`` checks the device metadata first (a synchronisation).
     """
-    a, sa, b, sb = _operand_pairs(lhs, rhs)
+    a, sa, b, sb = arrays.fp8_operands(lhs, rhs)
     d = as_view(out, "out")
     check_dtype(d, "out", "bfloat16")
     check_shape(a, "a", (None, None))
@@ -336,7 +322,7 @@ def m_grouped_gemm_fp8_fp8_bf16_nt_masked(lhs: tuple, rhs: tuple, out: Any, mask
     the group's last partial tile may receive any value. ``validate=True`` checks masked_m
     first (a synchronisation).
     """
-    a, sa, b, sb = _operand_pairs(lhs, rhs)
+    a, sa, b, sb = arrays.fp8_operands(lhs, rhs)
     d = as_view(out, "out")
     check_dtype(d, "out", "bfloat16")
     check_shape(a, "a", (None, None, None))
