@@ -153,6 +153,12 @@ def block_ms_for(kind: str) -> tuple[int, ...]:
     return tuple(bm for bm in BLOCK_MS if bm <= 128) if kind in CONTIGUOUS_KINDS else BLOCK_MS
 
 
+def heuristic_block_ms(kind: str) -> tuple[int, ...]:
+    """Block M values the heuristic tries: grouped layouts stop at 128 rows (measured: a
+    256-row masked tile ran 0.68x DeepGEMM where 128x192 ran 1.33x, benchmarks/NOTES.md)."""
+    return block_ms_for(kind) if kind == "dense" else tuple(bm for bm in BLOCK_MS if bm <= 128)
+
+
 def max_stages(block_m: int, block_n: int, k: int | None = None, cap: int = 8) -> int:
     """The most stages that fit shared memory (and no more than there are K blocks)."""
     best = 0
@@ -180,31 +186,41 @@ def ceil_div(a: int, b: int) -> int:
 L2_BYTES_PER_CLK = 64.0
 MMA_EFFICIENCY = {64: 0.65, 128: 0.85, 256: 0.92}
 MAX_BLOCK_N = {64: 192, 128: 160, 256: 128}   # accumulator + promoted registers must fit
+MAX_BLOCK_N_GROUPED = {64: 192, 128: 192}      # 128x192 measured best on both grouped tables
 MAX_BLOCK_N_CLUSTER = {64: 160, 128: 160, 256: 128}   # 64x192 spills with the cluster bookkeeping
 
 
 TWO_SCALE_PENALTY = 1.15     # BN not dividing 128: a select per promoted element (measured slower)
+GROUPED_TWO_SCALE_PENALTY = 1.0   # grouped tables, after the split-promotion rework: no measurable cost
+# Grouped shapes stream every group's own B (and masked groups' own A) through L2 once per
+# tile row, with no single B to keep hot: on H200 their tiles ran as if operand-load bound
+# (128x192 beat 128x128 by 10-15 % per FLOP, grouped_variants3), which ~40 B/clk/SM models.
+L2_BYTES_PER_CLK_GROUPED = 40.0
 
 
-def tile_cycles(bm: int, bn: int, k: int) -> float:
+def tile_cycles(bm: int, bn: int, k: int, two_scale_penalty: float = TWO_SCALE_PENALTY,
+                l2_bytes_per_clk: float = L2_BYTES_PER_CLK) -> float:
     kb = ceil_div(k, BLOCK_K)
     mma = bm * bn / 32 / MMA_EFFICIENCY[bm]
     if 128 % bn:
-        mma *= TWO_SCALE_PENALTY
-    load = (bm + bn) * BLOCK_K / L2_BYTES_PER_CLK
-    epilogue = bm * bn * 2 / L2_BYTES_PER_CLK + 200
+        mma *= two_scale_penalty
+    load = (bm + bn) * BLOCK_K / l2_bytes_per_clk
+    epilogue = bm * bn * 2 / l2_bytes_per_clk + 200
     return kb * max(mma, load) + epilogue
 
 
 @functools.lru_cache(maxsize=4096)
 def _select(m: int, n: int, k: int, groups: int, kind: str, num_sms: int) -> tuple[GemmConfig, int]:
-    block_ms = block_ms_for(kind)
+    grouped = kind != "dense"
+    max_bn = MAX_BLOCK_N_GROUPED if grouped else MAX_BLOCK_N
+    penalty = GROUPED_TWO_SCALE_PENALTY if grouped else TWO_SCALE_PENALTY
+    l2 = L2_BYTES_PER_CLK_GROUPED if grouped else L2_BYTES_PER_CLK
     best = None
-    for bm in block_ms:
+    for bm in heuristic_block_ms(kind):
         if bm == 256 and m <= 128:
             continue
         for bn in BLOCK_NS:
-            if bn > MAX_BLOCK_N[bm]:
+            if bn > max_bn[bm]:
                 continue
             stages = max_stages(bm, bn, k)
             if stages < min(3, ceil_div(k, BLOCK_K)):
@@ -213,7 +229,7 @@ def _select(m: int, n: int, k: int, groups: int, kind: str, num_sms: int) -> tup
                 cfg = GemmConfig(bm, bn, stages, cluster=2 if mc else 1, multicast_on_a=mc != "b", kind=kind)
                 clusters = num_sms // cfg.cluster
                 waves = ceil_div(cfg.units(m, n, groups), clusters)
-                cost = waves * tile_cycles(bm, bn, k) * (MULTICAST_GAIN if mc else 1.0)
+                cost = waves * tile_cycles(bm, bn, k, penalty, l2) * (MULTICAST_GAIN if mc else 1.0)
                 score = (cost, -bm * bn, mc != "")
                 if best is None or score < best[0]:
                     best = (score, cfg)
@@ -230,17 +246,19 @@ MULTICAST_MIN_M = 512
 
 def multicast_options(kind: str, m: int, bm: int, bn: int, num_sms: int) -> tuple[str, ...]:
     """'' (no cluster) and, where measured to pay, 'a' (2-CTA cluster sharing A)."""
-    if num_sms % 2 or m < MULTICAST_MIN_M or bm != 128 or 128 % bn:
-        return ("",)
+    if kind != "dense" or num_sms % 2 or m < MULTICAST_MIN_M or bm != 128 or 128 % bn:
+        return ("",)    # grouped: every multicast variant measured slower than none on H200
     return ("", "a")
 
 
 def candidate_configs(k: int = 1 << 14, kind: str = "dense") -> list[GemmConfig]:
     """Every config the heuristic can return (for compile tests and forced-config GPU tests)."""
     out = []
+    max_bn = MAX_BLOCK_N if kind == "dense" else {bm: max(MAX_BLOCK_N[bm], MAX_BLOCK_N_GROUPED.get(bm, 0))
+                                                  for bm in MAX_BLOCK_N}
     for bm in block_ms_for(kind):
         for bn in BLOCK_NS:
-            if bn <= MAX_BLOCK_N[bm]:
+            if bn <= max_bn[bm]:
                 s = max_stages(bm, bn, k)
                 if s:
                     for mc in ("", "a", "b"):

@@ -208,6 +208,7 @@ class GemmGen:
         k(f"setmaxnreg.inc.sync.aligned.u32 {MATH_REGS[c.math_warpgroups]}")
         k.reg("u32", "wg")
         k("shr.u32 %wg, %thread, 7")
+        k("shfl.sync.idx.b32 %wg, %wg, 0, 31, -1", "provably warp-uniform: WGMMA descriptors stay in uniform registers")
         k.reg("u32", "warp_in_wg")
         k("and.b32 %warp_in_wg, %warp, 3")
         k.reg("u32", "row_in_wave")
@@ -235,7 +236,8 @@ class GemmGen:
 
         k.label("L_math_tile")
         tile = sched.emit_next(k, "math", "L_math_end")
-        k.comment("B-scale rows for this tile (a tile may straddle two 128-wide N blocks)")
+        k.comment("B-scale rows for this tile (a tile may straddle two 128-wide N blocks); "
+                  "%sfb_row0/1 then step along K with the prefetch")
         k.reg("u64", "sfb_row0")
         b_blk = sched.emit_sfb_row(k, tile)
         tmp = k.tmp("u32", "t")
@@ -270,24 +272,13 @@ class GemmGen:
         k("mov.u32 %kb, 0")
 
         k.label("L_math_k")
-        k.comment("prefetch the next K block's B scale(s) while this one computes")
-        nxt = k.tmp("u32", "kb_next")
-        k(f"add.u32 {nxt}, %kb, 1")
-        last = k.tmp("u32", "kb_last")
-        k(f"sub.u32 {last}, %k_blocks, 1")
-        k(f"min.u32 {nxt}, {nxt}, {last}")
-        k.reg("f32", "sb0_next")
-        addr = k.tmp("u64", "sfb_addr")
-        k(f"mad.wide.u32 {addr}, {nxt}, 4, %sfb_row0")
-        k(f"ld.global.nc.f32 %sb0_next, [{addr}]")
-        if two_scales:
-            k.reg("f32", "sb1_next")
-            addr1 = k.tmp("u64", "sfb_addr")
-            k(f"mad.wide.u32 {addr1}, {nxt}, 4, %sfb_row1")
-            k(f"ld.global.nc.f32 %sb1_next, [{addr1}]")
         k.reg("u32", "full_bar")
         k("mad.lo.u32 %full_bar, %stage, 8, %smem_bar")
         emit.wait(k, "%full_bar", "%phase", "full", "%stage", c.debug)
+        if c.cluster > 1:
+            k.reg("u32", "peer_empty")
+            k("mad.lo.u32 %peer_empty, %stage, 8, %peer_bar", "the peer's empty barrier of this stage")
+            k(f"add.u32 %peer_empty, %peer_empty, {8 * c.stages}")
         for r in ("a_stage", "b_stage", "sfa_stage"):
             k.reg("u32", r)
         k(f"mad.lo.u32 %a_stage, %stage, {c.block_m * BLOCK_K}, %smem_a")
@@ -316,6 +307,7 @@ class GemmGen:
                 scale_d = "%p_false" if kk == 0 else "%p_true"
                 k(f"wgmma.mma_async.sync.aligned.m64n{bn}k32.f32.e4m3.e4m3 {acc_list}, {da}, {db}, {scale_d}, 1, 1")
             k("wgmma.commit_group.sync.aligned")
+            scales = self.scale_products(sa, two_scales, prefetch=w == waves - 1)
             k("wgmma.wait_group.sync.aligned 0")
             if w == waves - 1:
                 k.comment("stage fully read (A/B by WGMMA, A scales above): release it")
@@ -323,17 +315,12 @@ class GemmGen:
                 k(f"add.u32 {empty}, %full_bar, {8 * c.stages}")
                 emit.arrive(k, empty, "%p_lane0")
                 if c.cluster > 1:
-                    remote = k.tmp("u32", "peer_empty")
-                    k(f"mad.lo.u32 {remote}, %stage, 8, %peer_bar")
-                    k(f"add.u32 {remote}, {remote}, {8 * c.stages}")
                     # the stage's reads are complete here already (wgmma.wait_group 0, and the
                     # A scales were loaded before the WGMMAs)
-                    emit.arrive_remote(k, remote, "%p_lane0", "and on the peer's: its producer may multicast into this CTA")
-            self.promote(acc, fin[w], sa, two_scales)
+                    emit.arrive_remote(k, "%peer_empty", "%p_lane0",
+                                       "and on the peer's: its producer may multicast into this CTA")
+            self.promote(acc, fin[w], scales, two_scales)
         emit.advance_ring(k, "%stage", "%phase", c.stages)
-        k("mov.f32 %sb0, %sb0_next")
-        if two_scales:
-            k("mov.f32 %sb1, %sb1_next")
         k("add.u32 %kb, %kb, 1")
         k.reg("pred", "p_math_more")
         k("setp.lt.u32 %p_math_more, %kb, %k_blocks")
@@ -358,8 +345,37 @@ class GemmGen:
         k("@%p_storer cp.async.bulk.wait_group 0")
         k("bra.uni L_exit")
 
-    def promote(self, acc, fin, sa, two_scales: bool) -> None:
-        """final += acc * (sfa[row] * sfb): the second level of the two-level accumulation.
+    def prefetch_sfb(self, two_scales: bool) -> None:
+        """Load the next K block's B scale(s) into %sb0/%sb1, a whole K block ahead of use.
+
+        Emitted right after the last read of this block's scales: the load then overwrites
+        them (ptxas cannot hoist it above those reads), and no other global load shares its
+        scoreboard when the next block's scale products wait for it. (Issued at the top of
+        the loop, the prefetch shared a scoreboard with the scales in use, so every K block
+        waited out a fresh global load before its promotion.)"""
+        k = self.k
+        nxt, more = k.tmp("u32", "kb_next"), k.tmp("pred", "p_next_scale")
+        k(f"add.u32 {nxt}, %kb, 1")
+        k(f"setp.lt.u32 {more}, {nxt}, %k_blocks", "none past the row's end")
+        for blk in range(2 if two_scales else 1):
+            k(f"add.u64 %sfb_row{blk}, %sfb_row{blk}, 4")
+            k(f"@{more} ld.global.nc.f32 %sb{blk}, [%sfb_row{blk}]")
+
+    def scale_products(self, sa, two_scales: bool, prefetch: bool) -> list[list[str]]:
+        """sfa[row] * sfb for this thread's two rows (and both B-scale blocks when the tile
+        straddles two), then, after the last use of this block's B scales, the next block's
+        prefetch. Emitted while the WGMMAs run, so neither waits behind them."""
+        k = self.k
+        s = [[k.tmp("f32", "scale") for _ in range(2)] for _ in range(2 if two_scales else 1)]
+        for blk in range(len(s)):
+            for h in range(2):
+                k(f"mul.rn.f32 {s[blk][h]}, {sa[h]}, %sb{blk}")
+        if prefetch:
+            self.prefetch_sfb(two_scales)
+        return s
+
+    def promote(self, acc, fin, s, two_scales: bool) -> None:
+        """final += acc * s (s from ``scale_products``): the second level of the two-level accumulation.
 
         When the tile straddles two B-scale blocks, the split point ``former`` (in 8-column
         slices) is one of a few values fixed by BN; each gets its own unrolled FFMA block
@@ -367,10 +383,6 @@ class GemmGen:
         per element doubled the promotion's instruction count: 1.4-1.6x slower tiles.)
         """
         k = self.k
-        s = [[k.tmp("f32", "scale") for _ in range(2)] for _ in range(2 if two_scales else 1)]
-        for blk in range(len(s)):
-            for h in range(2):
-                k(f"mul.rn.f32 {s[blk][h]}, {sa[h]}, %sb{blk}")
         nsl = len(acc) // 4
 
         def ffma_block(former: int) -> None:
