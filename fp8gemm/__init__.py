@@ -10,8 +10,8 @@ from .gemm import GemmPlan, gemm_fp8_fp8_bf16_nt, plan_gemm
 from .grouped import (ContiguousPlan, MaskedPlan, get_m_alignment_for_contiguous_layout,
                       m_grouped_gemm_fp8_fp8_bf16_nt_contiguous, m_grouped_gemm_fp8_fp8_bf16_nt_masked,
                       plan_m_grouped_gemm_contiguous, plan_m_grouped_gemm_masked)
-from .jit import CompileError
-from .launcher import CudaError
+from .errors import CompileError, Fp8GemmError, ToolchainError
+from .launcher import CudaError, KernelFault, NoDriverError
 from .quant import per_block_cast_to_fp8, per_token_cast_to_fp8
 from .reference import ceil_div
 
@@ -27,6 +27,7 @@ def get_tma_aligned_size(m: int, element_size: int = 4) -> int:
 __all__ = ["gemm_fp8_fp8_bf16_nt", "plan_gemm", "GemmPlan", "m_grouped_gemm_fp8_fp8_bf16_nt_contiguous",
            "m_grouped_gemm_fp8_fp8_bf16_nt_masked", "plan_m_grouped_gemm_contiguous", "plan_m_grouped_gemm_masked",
            "ContiguousPlan", "MaskedPlan", "GemmConfig", "set_num_sms", "get_num_sms",
-           "DeviceArray", "view_as", "CompileError", "CudaError", "per_token_cast_to_fp8",
+           "DeviceArray", "view_as", "Fp8GemmError", "CompileError", "ToolchainError", "CudaError",
+           "NoDriverError", "KernelFault", "per_token_cast_to_fp8",
            "per_block_cast_to_fp8", "ceil_div", "get_tma_aligned_size",
            "get_m_alignment_for_contiguous_layout"]

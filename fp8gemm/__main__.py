@@ -7,6 +7,7 @@ import sys
 import time
 
 from . import config, jit, launcher
+from .checks import check_problem
 from .ptx_templates import gemm as template
 
 
@@ -91,6 +92,10 @@ def main(argv=None) -> int:
     p.add_argument("--k", type=int, default=16384)
     p.add_argument("--cpu", action="store_true", help="compile only, even if a GPU is present")
     a = p.parse_args(argv)
+    try:
+        check_problem("python -m fp8gemm", a.m, a.n, a.k)     # the library's own shape rules
+    except ValueError as e:
+        p.error(str(e))
     gpu = not a.cpu and launcher.device_count() > 0 and launcher.compute_capability(0)[0] == 9
     return _gpu_demo(a.m, a.n, a.k) if gpu else _cpu_demo(a.m, a.n, a.k)
 

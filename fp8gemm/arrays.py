@@ -30,8 +30,18 @@ _TORCH_NAMES = {"float8_e4m3fn": "float8_e4m3fn", "bfloat16": "bfloat16", "float
 
 
 def canonical_dtype(dtype: Any) -> str:
-    """Accept 'bfloat16', numpy/ml_dtypes dtypes, torch dtypes; return the canonical name."""
-    name = getattr(dtype, "name", None) or str(dtype)
+    """Accept 'bfloat16', numpy/ml_dtypes dtypes or scalar types (np.float32, ml_dtypes.bfloat16),
+    torch dtypes; return the canonical name."""
+    name = dtype if isinstance(dtype, str) else getattr(dtype, "name", None)
+    if not isinstance(name, str):
+        if isinstance(dtype, type):         # a scalar type such as np.float32: its dtype's name
+            try:
+                import numpy as np
+                name = np.dtype(dtype).name
+            except (ImportError, TypeError):
+                name = dtype.__name__
+        else:
+            name = str(dtype)
     name = name.replace("torch.", "")
     name = _ALIASES.get(name, name)
     if name not in DTYPES:
@@ -132,10 +142,11 @@ def as_view(obj: Any, name: str) -> View:
     cai = getattr(obj, "__cuda_array_interface__", None)
     if cai is not None:
         return _from_cai(cai, obj, name)
+    if hasattr(obj, "__array_interface__") or type(obj).__module__.startswith("numpy"):
+        raise ValueError(f"{name}: is a host (numpy) array; expected a device array (e.g. a CUDA "
+                         "torch tensor, CuPy array or fp8gemm.DeviceArray)")
     if hasattr(obj, "__dlpack__"):
         return _from_dlpack(obj, name)
-    if hasattr(obj, "__array_interface__") or type(obj).__module__.startswith("numpy"):
-        raise ValueError(f"{name}: is a host (numpy) array; expected a device array")
     raise TypeError(f"{name}: cannot use an object of type {type(obj).__name__} as a device array "
                     "(expected a torch tensor, an object with __cuda_array_interface__ or "
                     "__dlpack__, or fp8gemm.DeviceArray)")
@@ -191,8 +202,9 @@ def _from_dlpack(obj: Any, name: str) -> View:
         raise TypeError(f"{name}: __dlpack__ returned an unknown capsule")
     t = _DLTensor.from_address(addr)
     if t.device.device_type not in (_KDL_CUDA, _KDL_CUDA_MANAGED):
-        raise ValueError(f"{name}: DLPack device type {t.device.device_type} is not CUDA "
-                         "(host arrays are not accepted)")
+        where = {1: "a host (CPU) array", 3: "a pinned host (CUDA host) array"}.get(
+            t.device.device_type, f"on DLPack device type {t.device.device_type}, not CUDA")
+        raise ValueError(f"{name}: is {where}; expected a CUDA device array")
     key = (t.dtype.code, t.dtype.bits)
     if key not in _DL_TYPES or t.dtype.lanes != 1:
         raise TypeError(f"{name}: DLPack dtype code={t.dtype.code} bits={t.dtype.bits} is not supported")

@@ -10,6 +10,7 @@ from typing import Any
 
 from . import arrays, launcher
 from .arrays import as_view, check_dtype, check_rows, check_shape
+from .checks import check_problem, check_strides, stride_or
 from .config import BLOCK_K, GemmConfig, ceil_div, select_config
 from .plan import KernelPlan, default_grid
 
@@ -31,32 +32,24 @@ class GemmPlan(KernelPlan):
                  num_sms: int | None = None, device: int = 0, a_stride: int | None = None,
                  out_stride: int | None = None, sfa_stride: int | None = None, b_stride: int | None = None,
                  debug: bool | None = None, sass_pass: bool | None = None):
-        if m < 1 or n < 1 or k < 1:
-            raise ValueError(f"plan_gemm: m, n, k must be positive, got {(m, n, k)}")
-        if n % 8:
-            raise ValueError(f"plan_gemm: N = {n} must be a multiple of 8 (16-byte rows of bf16 D)")
-        if k % 16:
-            raise ValueError(f"plan_gemm: K = {k} must be a multiple of 16 (16-byte rows of e4m3 A and B)")
+        who = "plan_gemm"
+        m, n, k, _ = check_problem(who, m, n, k)          # everything checked before any device query
+        self.m, self.n, self.k = m, n, k
+        self.kb = ceil_div(k, BLOCK_K)
+        self.a_stride = stride_or(f"{who}: a_stride", a_stride, k)
+        self.b_stride = stride_or(f"{who}: b_stride", b_stride, k)
+        self.out_stride = stride_or(f"{who}: out_stride", out_stride, n)
+        self.sfa_stride = stride_or(f"{who}: sfa_stride", sfa_stride, ceil_div(m, 4) * 4)
+        check_strides(who, {"a_stride": (self.a_stride, k, 1), "b_stride": (self.b_stride, k, 1),
+                            "out_stride": (self.out_stride, n, 2), "sfa_stride": (self.sfa_stride, m, 4)})
         if config is None:
             config, grid = select_config(m, n, k, num_sms=num_sms)
         else:
+            if not isinstance(config, GemmConfig):
+                raise TypeError(f"{who}: config must be a GemmConfig, got {type(config).__name__}")
             if config.kind != "dense":
-                raise ValueError(f"plan_gemm: config is for the {config.kind} layout, not dense")
+                raise ValueError(f"{who}: config is for the {config.kind} layout, not dense")
             grid = default_grid(config, m, n, 1, num_sms)
-        self.m, self.n, self.k = m, n, k
-        self.kb = ceil_div(k, BLOCK_K)
-        self.a_stride = a_stride or k
-        self.b_stride = b_stride or k
-        self.out_stride = out_stride or n
-        self.sfa_stride = sfa_stride or ceil_div(m, 4) * 4
-        for name, s, w in (("a_stride", self.a_stride, k), ("b_stride", self.b_stride, k),
-                           ("out_stride", self.out_stride, n)):
-            if s < w:
-                raise ValueError(f"plan_gemm: {name} = {s} is smaller than the row width {w}")
-        if (self.out_stride * 2) % 16 or self.a_stride % 16 or self.b_stride % 16:
-            raise ValueError("plan_gemm: row strides must be multiples of 16 bytes")
-        if self.sfa_stride < m or self.sfa_stride % 4:
-            raise ValueError(f"plan_gemm: sfa_stride = {self.sfa_stride} must be >= M and a multiple of 4")
         values = dict(m=m, n=n, k=k, groups=1, kb=self.kb, a_stride=self.a_stride, b_stride=self.b_stride,
                       out_stride=self.out_stride, sfa_stride=self.sfa_stride)
         super().__init__(config, grid, values, device=device, debug=debug, sass_pass=sass_pass)

@@ -20,6 +20,7 @@ import numpy as np
 
 from . import arrays, launcher
 from .arrays import View, as_view, check_dtype, check_rows, check_shape
+from .checks import check_problem, check_strides, positive_int, stride_or
 from .config import BLOCK_K, GemmConfig, ceil_div, select_config
 from .plan import KernelPlan, default_grid
 from .ptx_templates.scheduler import CONTIGUOUS_ALIGNMENT
@@ -32,30 +33,7 @@ def get_m_alignment_for_contiguous_layout() -> int:
     return CONTIGUOUS_ALIGNMENT
 
 
-def _positive(name: str, value: Any, *, zero_ok: bool = False) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-        raise TypeError(f"{name}: must be an int, got {type(value).__name__}")
-    if value < (0 if zero_ok else 1):
-        raise ValueError(f"{name}: must be {'>= 0' if zero_ok else 'positive'}, got {value}")
-    return int(value)
-
-
-def _check_problem(who: str, n: int, k: int, groups: int) -> None:
-    for name, v in (("n", n), ("k", k), ("groups", groups)):
-        _positive(f"{who}: {name}", v)
-    if n % 8:
-        raise ValueError(f"{who}: N = {n} must be a multiple of 8 (16-byte rows of bf16 D)")
-    if k % 16:
-        raise ValueError(f"{who}: K = {k} must be a multiple of 16 (16-byte rows of e4m3 A and B)")
-
-
-def _check_strides(who: str, strides: dict[str, tuple[int, int, int]]) -> None:
-    """(stride, minimum, bytes per element) per name: large enough and 16-byte multiples."""
-    for name, (s, least, isz) in strides.items():
-        if s < least:
-            raise ValueError(f"{who}: {name} = {s} is smaller than {least}")
-        if (s * isz) % 16:
-            raise ValueError(f"{who}: {name} = {s} elements is not a multiple of 16 bytes")
+_positive = positive_int
 
 
 class ContiguousPlan(KernelPlan):
@@ -69,17 +47,19 @@ class ContiguousPlan(KernelPlan):
                  b_group_stride: int | None = None, out_stride: int | None = None,
                  sfa_stride: int | None = None, debug: bool | None = None, sass_pass: bool | None = None):
         who = "plan_m_grouped_gemm_contiguous"
-        _positive(f"{who}: m_sum", m_sum)
-        _check_problem(who, n, k, groups)
+        m_sum, n, k, groups = check_problem(who, m_sum, n, k, groups, m_name="m_sum")
         if layout not in _LAYOUTS:
             raise ValueError(f"{who}: layout must be one of {sorted(_LAYOUTS)}, got {layout!r}")
         kind, layout_arg = _LAYOUTS[layout]
         self.arguments = ("a", "a_scales", "b", "b_scales", "out", layout_arg)
         kb = ceil_div(k, BLOCK_K)
-        a_stride, b_stride, out_stride = a_stride or k, b_stride or k, out_stride or n
-        b_group_stride = b_group_stride or n * b_stride
-        sfa_stride = sfa_stride or ceil_div(m_sum, 4) * 4
-        _check_strides(who, {"a_stride": (a_stride, k, 1), "b_stride": (b_stride, k, 1),
+        a_stride, b_stride = stride_or(f"{who}: a_stride", a_stride, k), stride_or(f"{who}: b_stride", b_stride, k)
+        out_stride = stride_or(f"{who}: out_stride", out_stride, n)
+        b_group_stride = stride_or(f"{who}: b_group_stride", b_group_stride, n * b_stride)
+        sfa_stride = stride_or(f"{who}: sfa_stride", sfa_stride, ceil_div(m_sum, 4) * 4)
+        if expected_m is not None:
+            _positive(f"{who}: expected_m", expected_m)
+        check_strides(who, {"a_stride": (a_stride, k, 1), "b_stride": (b_stride, k, 1),
                              "b_group_stride": (b_group_stride, n * b_stride if groups > 1 else 0, 1),
                              "out_stride": (out_stride, n, 2), "sfa_stride": (sfa_stride, m_sum, 4)})
         expected = expected_m or max(1, m_sum // groups)
@@ -112,8 +92,7 @@ class MaskedPlan(KernelPlan):
                  out_group_stride: int | None = None, sfa_stride: int | None = None,
                  sfa_group_stride: int | None = None, debug: bool | None = None, sass_pass: bool | None = None):
         who = "plan_m_grouped_gemm_masked"
-        _positive(f"{who}: m_max", m_max)
-        _check_problem(who, n, k, groups)
+        m_max, n, k, groups = check_problem(who, m_max, n, k, groups, m_name="m_max")
         _positive(f"{who}: expected_m", expected_m)
         kb = ceil_div(k, BLOCK_K)
         st = masked_strides(who, m_max, n, k, groups, a_stride=a_stride, a_group_stride=a_group_stride,
@@ -140,16 +119,18 @@ def masked_strides(who: str, m_max: int, n: int, k: int, groups: int, **given: i
     kb = ceil_div(k, BLOCK_K)
     st = {x: given.get(x) for x in ("a_stride", "b_stride", "out_stride", "sfa_stride", "a_group_stride",
                                       "b_group_stride", "out_group_stride", "sfa_group_stride")}
-    st["a_stride"] = st["a_stride"] or k
-    st["b_stride"] = st["b_stride"] or k
-    st["out_stride"] = st["out_stride"] or n
-    st["sfa_stride"] = st["sfa_stride"] or ceil_div(m_max, 4) * 4
-    st["a_group_stride"] = st["a_group_stride"] or m_max * st["a_stride"]
-    st["b_group_stride"] = st["b_group_stride"] or n * st["b_stride"]
-    st["out_group_stride"] = st["out_group_stride"] or m_max * st["out_stride"]
-    st["sfa_group_stride"] = st["sfa_group_stride"] or kb * st["sfa_stride"]
+    def fill(name, default):
+        st[name] = stride_or(f"{who}: {name}", st[name], default)
+    fill("a_stride", k)
+    fill("b_stride", k)
+    fill("out_stride", n)
+    fill("sfa_stride", ceil_div(m_max, 4) * 4)
+    fill("a_group_stride", m_max * st["a_stride"])
+    fill("b_group_stride", n * st["b_stride"])
+    fill("out_group_stride", m_max * st["out_stride"])
+    fill("sfa_group_stride", kb * st["sfa_stride"])
     many = groups > 1
-    _check_strides(who, {"a_stride": (st["a_stride"], k, 1), "b_stride": (st["b_stride"], k, 1),
+    check_strides(who, {"a_stride": (st["a_stride"], k, 1), "b_stride": (st["b_stride"], k, 1),
                          "out_stride": (st["out_stride"], n, 2), "sfa_stride": (st["sfa_stride"], m_max, 4),
                          "a_group_stride": (st["a_group_stride"], m_max * st["a_stride"] if many else 0, 1),
                          "b_group_stride": (st["b_group_stride"], n * st["b_stride"] if many else 0, 1),

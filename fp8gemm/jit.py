@@ -29,8 +29,7 @@ PTXAS_FLAGS = ("-O3",)
 _MAGIC = b"FP8GEMM-CUBIN-1\n"
 
 
-class CompileError(RuntimeError):
-    """ptxas rejected the PTX (the message holds ptxas's output and the PTX file kept)."""
+from .errors import CompileError, ToolchainError  # noqa: E402  (re-exported)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -78,7 +77,8 @@ def find_ptxas() -> tuple[Path, str]:
     env = os.environ.get("FP8GEMM_PTXAS")
     if env:
         if not Path(env).is_file():
-            raise FileNotFoundError(f"FP8GEMM_PTXAS={env!r} is not a file")
+            raise ToolchainError(f"FP8GEMM_PTXAS={env!r} is not a file: point it at a ptxas from CUDA 12.4+ "
+                                 "or unset it")
         return Path(env), "FP8GEMM_PTXAS"
     for var in ("CUDA_HOME", "CUDA_PATH"):
         home = os.environ.get(var)
@@ -90,8 +90,9 @@ def find_ptxas() -> tuple[Path, str]:
     wheel = _wheel_ptxas()
     if wheel:
         return wheel, "nvidia-cuda-nvcc wheel"
-    raise FileNotFoundError(
-        "ptxas not found: install the 'nvidia-cuda-nvcc' wheel, set CUDA_HOME, or set FP8GEMM_PTXAS")
+    raise ToolchainError(
+        "ptxas not found: install the 'nvidia-cuda-nvcc' wheel (pip install nvidia-cuda-nvcc), "
+        "set CUDA_HOME to a CUDA toolkit, or set FP8GEMM_PTXAS to a ptxas binary")
 
 
 def find_cuda_tool(name: str) -> Path | None:
@@ -118,9 +119,16 @@ _version_memo: dict[str, str] = {}
 def ptxas_version(path: Path) -> str:
     key = str(path)
     if key not in _version_memo:
-        out = subprocess.run([key, "--version"], capture_output=True, text=True, check=True).stdout
-        m = re.search(r"release (\S+), (V\S+)", out)
-        _version_memo[key] = m.group(2) if m else out.strip().splitlines()[-1]
+        try:
+            proc = subprocess.run([key, "--version"], capture_output=True, text=True, timeout=60)
+        except (OSError, subprocess.SubprocessError) as e:
+            raise ToolchainError(f"ptxas at {key} cannot run ({e}); fix or replace it (FP8GEMM_PTXAS, "
+                                 "CUDA_HOME, or the nvidia-cuda-nvcc wheel)") from None
+        m = re.search(r"release (\S+), (V\S+)", proc.stdout)
+        if proc.returncode != 0 or not m:
+            raise ToolchainError(f"{key} --version failed or is not ptxas (exit {proc.returncode}): "
+                                 f"{(proc.stdout + proc.stderr).strip()[:300]!r}; fix or replace it")
+        _version_memo[key] = m.group(2)
     return _version_memo[key]
 
 
@@ -247,7 +255,15 @@ def compile_ptx(ptx: str, name: str, *, use_cache: bool = True, post_pass: bool 
     path = cache_dir() / f"{name[:48]}-{key}.fp8gemm"
     if use_cache and path.is_file():
         t0 = time.perf_counter()
-        entry = _unpack_entry(path.read_bytes())
+        try:
+            blob = path.read_bytes()
+        except OSError as e:
+            _warn_cache_once(path.parent, f"cannot read it ({e})")
+            blob = b""
+        entry = _unpack_entry(blob) if blob else None
+        if entry is not None and (entry[0].get("ptxas"), entry[0].get("target"), entry[0].get("pass")) != (
+                version, TARGET, pass_tag):
+            entry = None          # another compiler or pass wrote it: never use it
         if entry is not None:
             meta, cubin = entry
             res = Resources(**meta["resources"])
@@ -256,7 +272,8 @@ def compile_ptx(ptx: str, name: str, *, use_cache: bool = True, post_pass: bool 
             with _memo_lock:
                 _memo[key] = out
             return out
-        log.warning("fp8gemm cache entry %s is corrupt; rebuilding it", path)
+        elif blob:
+            log.warning("fp8gemm cache entry %s is corrupt or foreign; rebuilding it", path)
 
     t0 = time.perf_counter()
     cubin, res = _run_ptxas(ptxas, ptx, name)
@@ -271,11 +288,22 @@ def compile_ptx(ptx: str, name: str, *, use_cache: bool = True, post_pass: bool 
                 "resources": dataclasses.asdict(res), "sass": _jsonable(report)}
         try:
             _atomic_write(path, _pack_entry(meta, cubin))
-        except OSError as e:  # a read-only cache must not break compilation
-            log.warning("could not write fp8gemm cache entry %s: %s", path, e)
+        except OSError as e:  # a read-only or full cache must not break compilation
+            _warn_cache_once(path.parent, f"cannot write to it ({e})")
     with _memo_lock:
         _memo[key] = out
     return out
+
+
+_cache_warned: set = set()
+
+
+def _warn_cache_once(folder: Path, why: str) -> None:
+    """One warning per cache folder and process; kernels are then kept in memory only."""
+    if str(folder) not in _cache_warned:
+        _cache_warned.add(str(folder))
+        log.warning("fp8gemm kernel cache %s: %s; compiled kernels are kept in memory only "
+                    "(set FP8GEMM_CACHE_DIR to a writable folder)", folder, why)
 
 
 def _jsonable(report):
@@ -293,9 +321,12 @@ def _run_ptxas(ptxas: Path, ptx: str, name: str) -> tuple[bytes, Resources]:
         cmd = [str(ptxas), f"-arch={TARGET}", "-v", *PTXAS_FLAGS, "-o", str(dst), str(src)]
         proc = subprocess.run(cmd, capture_output=True, text=True)
         if proc.returncode != 0:
-            keep = Path(tempfile.gettempdir()) / f"fp8gemm-failed-{name}.ptx"
-            keep.write_text(ptx)
-            raise CompileError(f"ptxas failed on {name} (PTX kept at {keep}):\n{proc.stderr}")
+            fd, keep = tempfile.mkstemp(prefix=f"fp8gemm-failed-{name[:48]}-", suffix=".ptx")
+            with os.fdopen(fd, "w") as f:     # a private file per failure, never a shared path
+                f.write(ptx)
+            err = CompileError(f"ptxas failed on {name} (PTX kept at {keep}):\n{proc.stderr}")
+            err.ptx_path = keep
+            raise err
         text = proc.stdout + proc.stderr
         return dst.read_bytes(), parse_resources(text)
 

@@ -8,8 +8,11 @@ from __future__ import annotations
 
 import ctypes
 import hashlib
+import os
 import threading
 from typing import Any, Sequence
+
+from .errors import Fp8GemmError
 
 try:
     from cuda.bindings import driver as _d
@@ -17,29 +20,71 @@ except ImportError:  # pragma: no cover - cuda-bindings < 12.6 layout
     from cuda import cuda as _d  # type: ignore
 
 
-class NoDriverError(RuntimeError):
+class CudaError(Fp8GemmError):
+    """A CUDA driver call failed (``call``: the driver function, ``code``: its CUresult)."""
+
+    def __init__(self, call: str, code: Any, detail: str = ""):
+        self.call, self.code = call, code
+        try:
+            err_name = _d.cuGetErrorName(code)
+            err_str = _d.cuGetErrorString(code)
+            nm = err_name[1].decode() if err_name[0] == _d.CUresult.CUDA_SUCCESS else str(code)
+            st = err_str[1].decode() if err_str[0] == _d.CUresult.CUDA_SUCCESS else ""
+        except Exception:  # no driver library to ask: the enum's own name
+            nm, st = getattr(code, "name", str(code)), ""
+        super().__init__(f"{call} failed: {nm}: {st}" + (f"\n{detail}" if detail else ""))
+
+
+class NoDriverError(CudaError):
     """No usable CUDA driver (no GPU, or the driver library is missing)."""
 
+    def __init__(self, message: str):
+        self.call, self.code = "cuInit", None
+        Fp8GemmError.__init__(self, message)
 
-class CudaError(RuntimeError):
-    """A CUDA driver call failed."""
 
-    def __init__(self, call: str, code: Any):
-        self.call, self.code = call, code
-        err_name = _d.cuGetErrorName(code)
-        err_str = _d.cuGetErrorString(code)
-        nm = err_name[1].decode() if err_name[0] == _d.CUresult.CUDA_SUCCESS else str(code)
-        st = err_str[1].decode() if err_str[0] == _d.CUresult.CUDA_SUCCESS else ""
-        super().__init__(f"{call} failed: {nm}: {st}")
+class KernelFault(CudaError):
+    """A kernel died on the device (illegal address or instruction, a trap in a debug build).
+
+    The CUDA context is unusable afterwards (every later call in it fails): restart the
+    process. ``kernel`` describes the last fp8gemm launch before the fault was seen."""
+
+    def __init__(self, call: str, code: Any, kernel: str):
+        self.kernel = kernel
+        super().__init__(call, code, f"the CUDA context is now unusable (restart the process); the last fp8gemm "
+                                     f"kernel launched before this was seen: {kernel}")
 
 
 _SUCCESS = _d.CUresult.CUDA_SUCCESS
+# errors that mean a kernel died: sticky, every later call in the context returns them
+_FAULTS = {getattr(_d.CUresult, n) for n in (
+    "CUDA_ERROR_ILLEGAL_ADDRESS", "CUDA_ERROR_ILLEGAL_INSTRUCTION", "CUDA_ERROR_MISALIGNED_ADDRESS",
+    "CUDA_ERROR_INVALID_ADDRESS_SPACE", "CUDA_ERROR_INVALID_PC", "CUDA_ERROR_LAUNCH_FAILED",
+    "CUDA_ERROR_HARDWARE_STACK_ERROR", "CUDA_ERROR_ASSERT", "CUDA_ERROR_LAUNCH_TIMEOUT")
+    if hasattr(_d.CUresult, n)}
+_last_launch: list = [None, 0]      # (Launch, stream) of the newest launch, for KernelFault
+# FP8GEMM_CHECK_LAUNCHES=1: wait for every launch, so a fault is raised by the call that
+# launched the faulting kernel (debugging; it serialises the host with the GPU)
+CHECK_LAUNCHES = os.environ.get("FP8GEMM_CHECK_LAUNCHES", "0") not in ("", "0")
+
+
+def _describe_last() -> str:
+    launch, stream = _last_launch
+    if launch is None:
+        return "none (no fp8gemm kernel was launched in this process)"
+    return f"{launch.name}, grid {launch.grid[0]}, block {launch.block[0]}, stream 0x{stream:x}"
+
+
+def _error(name: str, code: Any) -> CudaError:
+    if code in _FAULTS:
+        return KernelFault(name, code, _describe_last())
+    return CudaError(name, code)
 
 
 def _drv(name: str, *args):
     res = getattr(_d, name)(*args)
     if res[0] != _SUCCESS:
-        raise CudaError(name, res[0])
+        raise _error(name, res[0])
     return res[1] if len(res) == 2 else (res[1:] if len(res) > 2 else None)
 
 
@@ -57,8 +102,14 @@ def init() -> None:
                 except Exception as e:  # the driver library itself is missing
                     raise NoDriverError(f"CUDA driver not available: {e}") from None
                 if res[0] != _SUCCESS:
-                    raise NoDriverError(f"CUDA driver not available: {CudaError('cuInit', res[0])}")
+                    raise NoDriverError(f"CUDA driver not available: cuInit failed with {res[0]!r}")
                 _initialised = True
+
+
+def driver_version() -> int:
+    """The driver's CUDA version as an int (13000 = CUDA 13.0)."""
+    init()
+    return int(_drv("cuDriverGetVersion"))
 
 
 def device_count() -> int:
@@ -184,6 +235,13 @@ class ParamPack:
         s = self.slots[i]
         return bytes(s) if self.kinds[i] == "tmap" else s.value
 
+    def copy(self) -> "ParamPack":
+        """A pack of the same kinds holding the same values (its own storage)."""
+        out = ParamPack(self.kinds)
+        for i in range(len(self.kinds)):
+            out[i] = self[i]
+        return out
+
 
 # ---- launches ------------------------------------------------------------------------------
 def stream_handle(stream: Any) -> int:
@@ -205,34 +263,58 @@ def stream_handle(stream: Any) -> int:
 
 
 class Launch:
-    """A CUfunction with a fixed grid/block/smem/cluster; ``__call__`` launches on a stream."""
+    """A CUfunction with a fixed grid/block/smem/cluster; ``__call__`` launches on a stream.
+
+    Thread-safe: the launch config carries the stream, so each thread launches through its
+    own copy (made on its first launch); ``config`` is the shared template (occupancy queries).
+    """
 
     def __init__(self, fn, grid: Sequence[int], block: Sequence[int], smem: int,
-                 cluster: Sequence[int] = (1, 1, 1)):
-        self.fn = fn
+                 cluster: Sequence[int] = (1, 1, 1), name: str = "kernel"):
+        self.fn, self.name = fn, name
+        self.grid, self.block = tuple(int(x) for x in grid), tuple(int(x) for x in block)
+        self.smem, self.cluster = int(smem), tuple(int(x) for x in cluster)
+        self.config = self._make_config()
+        self._generation = 0
+        self._local = threading.local()
+
+    def _make_config(self):
         cfg = _d.CUlaunchConfig()
-        cfg.gridDimX, cfg.gridDimY, cfg.gridDimZ = (int(x) for x in grid)
-        cfg.blockDimX, cfg.blockDimY, cfg.blockDimZ = (int(x) for x in block)
-        cfg.sharedMemBytes = int(smem)
+        cfg.gridDimX, cfg.gridDimY, cfg.gridDimZ = self.grid
+        cfg.blockDimX, cfg.blockDimY, cfg.blockDimZ = self.block
+        cfg.sharedMemBytes = self.smem
         attrs = []
-        if tuple(cluster) != (1, 1, 1):
+        if self.cluster != (1, 1, 1):
             a = _d.CUlaunchAttribute()
             a.id = _d.CUlaunchAttributeID.CU_LAUNCH_ATTRIBUTE_CLUSTER_DIMENSION
-            a.value.clusterDim.x, a.value.clusterDim.y, a.value.clusterDim.z = (int(x) for x in cluster)
+            a.value.clusterDim.x, a.value.clusterDim.y, a.value.clusterDim.z = self.cluster
             attrs.append(a)
         cfg.attrs = attrs
         cfg.numAttrs = len(attrs)
-        self.config = cfg
-        self._stream_cache: dict[int, Any] = {}
+        return cfg
+
+    def set_grid(self, grid: Sequence[int]) -> None:
+        """Change the grid (before launches from other threads start)."""
+        self.grid = tuple(int(x) for x in grid)
+        self.config = self._make_config()
+        self._generation += 1
 
     def __call__(self, params_address: int, stream: int = 0) -> None:
-        s = self._stream_cache.get(stream)
+        loc = self._local
+        if getattr(loc, "generation", None) != self._generation:
+            loc.config, loc.streams, loc.generation = self._make_config(), {}, self._generation
+        s = loc.streams.get(stream)
         if s is None:
-            s = self._stream_cache[stream] = _d.CUstream(stream)
-        self.config.hStream = s
-        res = _d.cuLaunchKernelEx(self.config, self.fn, params_address, 0)
+            s = loc.streams[stream] = _d.CUstream(stream)
+        loc.config.hStream = s
+        res = _d.cuLaunchKernelEx(loc.config, self.fn, params_address, 0)
         if res[0] != _SUCCESS:
-            raise CudaError("cuLaunchKernelEx", res[0])
+            raise _error("cuLaunchKernelEx", res[0])   # a fault here is an earlier kernel's
+        _last_launch[0], _last_launch[1] = self, stream
+        if CHECK_LAUNCHES:
+            res = _d.cuStreamSynchronize(s)
+            if res[0] != _SUCCESS:
+                raise _error("cuStreamSynchronize (FP8GEMM_CHECK_LAUNCHES=1)", res[0])
 
 
 def max_active_clusters(launch: "Launch") -> int:

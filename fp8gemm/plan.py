@@ -12,6 +12,7 @@ import dataclasses
 import functools
 import os
 import struct
+import threading
 from typing import Mapping, Sequence
 
 from . import launcher, runtime
@@ -40,11 +41,10 @@ def _resident_clusters(kernel: launcher.Launch, cfg: GemmConfig) -> int:
 
 
 class _Binder:
-    """Writes one launch argument's address into the parameters that depend on it."""
-    __slots__ = ("ptr", "maps", "slots")
+    """Where one launch argument's address goes: tensor maps to encode, pointer slots."""
+    __slots__ = ("maps", "slots")
 
     def __init__(self):
-        self.ptr = None
         self.maps: list[tuple[int, TensorMap, tuple, tuple, tuple]] = []
         self.slots: list[int] = []
 
@@ -66,14 +66,16 @@ class KernelPlan:
         cfg = config
         self.fn, self.compiled = runtime.get_function(("gemm", cfg), lambda: template.build(cfg), device,
                                                       spec.smem_bytes, post_pass=sass_pass)
-        self.kernel = launcher.Launch(self.fn, (grid, 1, 1), (spec.threads, 1, 1), spec.smem_bytes, spec.cluster)
+        shape = ", ".join(f"{x}={values[x]}" for x in ("m", "n", "k", "groups") if x in values)
+        self.kernel = launcher.Launch(self.fn, (grid, 1, 1), (spec.threads, 1, 1), spec.smem_bytes, spec.cluster,
+                                      name=f"{cfg.name} ({shape})")
         if cfg.cluster > 1:
             # a GPC with an odd number of free SMs cannot host a whole cluster on its last one;
             # a persistent grid larger than what is resident would run its last clusters late
             resident = _resident_clusters(self.kernel, cfg)
             if grid > resident * cfg.cluster:
                 self.grid = resident * cfg.cluster
-                self.kernel.config.gridDimX = self.grid
+                self.kernel.set_grid((self.grid, 1, 1))
         self.values = dict(values, block_m=cfg.block_m, block_n=cfg.block_n)
         self.params = launcher.ParamPack([p.type for p in spec.params])
         self.debug_buffer = None
@@ -95,16 +97,26 @@ class KernelPlan:
             else:
                 self.params[i] = evaluate(p.value, self.values)
         self._binders = [binders[name] for name in self.arguments]
+        self._local = threading.local()
+
+    def _thread_state(self) -> tuple[launcher.ParamPack, list]:
+        """This thread's parameter pack and the pointers it was last filled with: launches from
+        several threads at once never write into each other's parameters."""
+        st = getattr(self._local, "state", None)
+        if st is None:
+            st = self._local.state = (self.params.copy(), [None] * len(self._binders))
+        return st
 
     def _launch(self, ptrs: Sequence[int], stream: int) -> None:
-        for b, ptr in zip(self._binders, ptrs):
-            if ptr != b.ptr:
+        params, filled = self._thread_state()
+        for j, (b, ptr) in enumerate(zip(self._binders, ptrs)):
+            if ptr != filled[j]:
                 for i, t, dims, strides, box in b.maps:
-                    self.params[i] = launcher.encode_tensor_map(t.dtype, ptr, dims, strides, box, t.swizzle)
+                    params[i] = launcher.encode_tensor_map(t.dtype, ptr, dims, strides, box, t.swizzle)
                 for i in b.slots:
-                    self.params[i] = ptr
-                b.ptr = ptr
-        self.kernel(self.params.address, stream)
+                    params[i] = ptr
+                filled[j] = ptr
+        self.kernel(params.address, stream)
 
     def debug_info(self) -> tuple | None:
         """After a trapped debug launch: (block, warp, barrier 1=full/2=empty, stage, parity)."""

@@ -7,6 +7,7 @@ Outputs are written directly in the layouts the GEMMs read: per-token scales MN-
 from __future__ import annotations
 
 import sys
+import threading
 from typing import Any
 
 from . import arrays, launcher, runtime
@@ -16,6 +17,7 @@ from .reference import ceil_div, tma_aligned_size
 
 _SRC = {"bfloat16": "bf16", "float32": "f32"}
 _launches: dict[tuple, tuple] = {}
+_thread_packs = threading.local()
 
 
 def _empty(shape, dtype: str, like: View, device: int, strides=None, alloc_shape=None):
@@ -57,10 +59,14 @@ def _launch(kind: str, src: str, device: int, grid, params: list, stream: int) -
     hit = _launches.get(key)
     if hit is None:
         fn, _ = runtime.get_function(("quant", kind, src), lambda: make(src), device)
-        # parameters are copied at launch, so one pack per launch shape is reused
-        hit = _launches[key] = (launcher.Launch(fn, grid, (templates.THREADS, 1, 1), 0),
+        # parameters are copied at launch, so each thread reuses one pack per launch shape
+        hit = _launches[key] = (launcher.Launch(fn, grid, (templates.THREADS, 1, 1), 0, name=f"{kind} cast ({src})"),
                                 launcher.ParamPack(["u64", "u64", "u64", "u32", "u32", "u64", "u64", "u32"]))
-    lc, pack = hit
+    lc, template_pack = hit
+    packs = _thread_packs.__dict__.setdefault("packs", {})   # one pack per thread: no shared writes
+    pack = packs.get(key)
+    if pack is None:
+        pack = packs[key] = template_pack.copy()
     for i, p in enumerate(params):
         pack[i] = p
     lc(pack.address, stream)

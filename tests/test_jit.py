@@ -125,11 +125,20 @@ def test_concurrent_processes_share_one_entry(tmp_path):
     assert jit._unpack_entry(entry.read_bytes())[1] == cubins[0]
 
 
-def test_compile_error_names_kernel(tmp_path, monkeypatch):
+def test_compile_error_names_kernel_and_keeps_the_ptx_privately(tmp_path, monkeypatch):
     monkeypatch.setenv("FP8GEMM_CACHE_DIR", str(tmp_path))
     bad = ".version 8.0\n.target sm_90a\n.address_size 64\n.visible .entry broken() { bogus.op; }\n"
-    with pytest.raises(jit.CompileError, match="broken"):
-        jit.compile_ptx(bad, "broken")
+    kept = []
+    for _ in range(2):
+        with pytest.raises(jit.CompileError, match="broken") as e:
+            jit.compile_ptx(bad, "broken")
+        kept.append(Path(e.value.ptx_path))
+        assert str(kept[-1]) in str(e.value) and kept[-1].read_text() == bad
+    try:
+        assert kept[0] != kept[1]            # one file per failure, never a path shared by every user
+    finally:
+        for p in kept:
+            p.unlink()
 
 
 def test_sass_pass_variant_is_part_of_the_cache_key(monkeypatch):

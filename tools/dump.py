@@ -46,6 +46,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from fp8gemm import jit  # noqa: E402
+from fp8gemm.checks import check_problem  # noqa: E402
 from fp8gemm.config import BLOCK_K, KINDS, GemmConfig, max_stages, select_config  # noqa: E402
 from fp8gemm.ptx_templates import gemm as gemm_template  # noqa: E402
 from fp8gemm.sass_patch import decode, interleave_ffma, read_cubin  # noqa: E402
@@ -153,6 +154,10 @@ def _make_config(bm: int, bn: int, stages: int, multicast: str, kind: str, debug
 
 def resolve_config(args) -> Selection:
     """The heuristic's config, or the forced one (options left out come from the heuristic)."""
+    try:
+        check_problem("tools/dump.py", args.m, args.n, args.k, args.groups)   # the library's shape rules
+    except (ValueError, TypeError) as e:
+        raise UsageError(str(e)) from None
     try:
         heur, heur_grid = select_config(args.m, args.n, args.k, args.groups, args.kind, args.num_sms)
     except (ValueError, TypeError) as e:
