@@ -16,9 +16,11 @@ contiguous (m_indices and group_ends forms), masked, and the two casts. Each pro
 - input distributions: normal, heavy-tailed, tiny, one huge outlier per row, all-zero rows;
 - grouped metadata edges: empty and one-row groups, all -1 blocks, masked_m 0 / 1 / M_max.
 
-GEMM outputs are checked against the float64 product of the dequantized inputs: normwise
-relative error <= 2e-3 over the valid rows, every row within 1e-2 of its own norm (rows that
-are exactly zero must be zero), all finite, and poison intact wherever nothing may be written.
+GEMM outputs are checked against the float64 product of the dequantized inputs, element by
+element: |out - ref| <= 2^-8 |ref| + 2^-12 (|A| |B|^T) (bf16 rounding plus the FP8 tensor-core
+accumulation; a zero row must come out exactly zero), and normwise (<= 2e-3 plus the same
+accumulation allowance) on pieces of 4096+ elements; all finite, and poison intact wherever
+nothing may be written.
 Casts are checked bit for bit against fp8gemm.reference. Needs torch and a Hopper GPU.
 """
 from __future__ import annotations
@@ -64,7 +66,7 @@ def draw(seed: int, index: int) -> dict:
     p = {"index": index, "family": fam, "seed": seed}
     if fam.startswith("cast"):
         p["m"] = _dim(rng, EDGE_M, 1, 3000, huge=16384)
-        p["k"] = _dim(rng, EDGE_K + [8, 24, 136], 8, 8192)
+        p["k"] = _dim(rng, EDGE_K + [176, 336], 16, 8192)      # the casts' rule: K % 16 == 0
         p["src"] = rng.choice(["bfloat16", "float32"])
         p["dist"] = rng.choice(DISTS)
         return p
@@ -201,32 +203,37 @@ def _forced(fp8gemm, rng, kind, seed):
 
 # ---- checks -------------------------------------------------------------------------------------
 def _reference(torch, aq, sa, bq, sb):
+    """(float64 product of the dequantized inputs, the same product of their absolute values)."""
     m, k = aq.shape
     n = bq.shape[0]
     ad = aq.double() * sa.double().repeat_interleave(128, dim=1)[:, :k]
     bd = bq.double() * sb.double().repeat_interleave(128, dim=0)[:n].repeat_interleave(128, dim=1)[:, :k]
-    return ad @ bd.t()
+    return ad @ bd.t(), ad.abs() @ bd.abs().t()
 
 
-def _check_rows(torch, out, ref, what):
+# Element bound: bf16 rounding of the result (2^-8 relative, double rounding included) plus
+# the accumulation (FP8 WGMMA partial sums keep ~14 bits, promoted to FP32 every 128 of K:
+# 2^-12 of sum |a||b| leaves a 4x margin). A wrong tile, scale or row is off by O(|result|).
+ROUND, ACCUM = 2.0 ** -8, 2.0 ** -12
+
+
+def _check_rows(torch, out, refs, what):
+    ref, mag = refs
     o = out.double()
     if not torch.isfinite(o).all():
         bad = (~torch.isfinite(o)).nonzero()[:3].tolist()
         raise AssertionError(f"{what}: non-finite (unwritten or overflow) at {bad}")
-    target = ref.to(torch.bfloat16).double()
-    den = target.norm().item()
-    err = (o - target).norm().item() / den if den else o.norm().item()
-    if err > 2e-3:
-        raise AssertionError(f"{what}: normwise relative error {err:.3e} > 2e-3")
-    rn = target.norm(dim=1)
-    re = (o - target).norm(dim=1)
-    zero = rn == 0
-    if (re[zero] != 0).any():
-        raise AssertionError(f"{what}: rows that must be exactly zero are not: {zero.nonzero()[:3].tolist()}")
-    rel = re[~zero] / rn[~zero]
-    if rel.numel() and rel.max().item() > 1e-2:
-        r = (~zero).nonzero()[rel.argmax()].item()
-        raise AssertionError(f"{what}: row {r} relative error {rel.max().item():.3e} > 1e-2")
+    excess = (o - ref).abs() - (ROUND * ref.abs() + ACCUM * mag)
+    if (excess > 0).any():
+        i, j = divmod(int(excess.argmax()), ref.shape[1])
+        raise AssertionError(f"{what}: element ({i}, {j}) = {o[i, j].item():.6g}, reference {ref[i, j].item():.6g} "
+                             f"(bound {ROUND * abs(ref[i, j].item()) + ACCUM * mag[i, j].item():.3g})")
+    den = ref.norm().item()
+    err = (o - ref).norm().item() / den if den else 0.0
+    if o.numel() >= 4096:        # normwise, allowing for cancellation (sum |a||b| >> |sum ab|)
+        limit = 2e-3 + ACCUM * mag.norm().item() / den if den else 0.0
+        if err > limit:
+            raise AssertionError(f"{what}: normwise relative error {err:.3e} > {limit:.3e}")
     return err
 
 
