@@ -1,7 +1,5 @@
 """Shared helpers for the GPU GEMM tests and tools: inputs, the float64 reference, checks."""
-import numpy as np
-
-POISON = 0x7FC1  # a bf16 NaN: any element the kernel fails to write shows up
+from fp8gemm.testing import POISON, check, reference  # noqa: F401  (re-exported)
 
 
 def make_inputs(torch, m, n, k, seed, a_row_stride=None, out_row_stride=None):
@@ -22,31 +20,3 @@ def make_inputs(torch, m, n, k, seed, a_row_stride=None, out_row_stride=None):
     out = out_buf[:, :n]
     out.view(torch.int16).fill_(POISON)
     return (aq, sa), (bq, sb), out, (a_bf, b_bf)
-
-
-def reference(torch, lhs, rhs):
-    """float64 D of the dequantized inputs (computed on the GPU in float64)."""
-    (aq, sa), (bq, sb) = lhs, rhs
-    m, k = aq.shape
-    n = bq.shape[0]
-    ad = aq.double() * sa.double().repeat_interleave(128, dim=1)[:, :k]
-    bd = bq.double() * sb.double().repeat_interleave(128, dim=0)[:n].repeat_interleave(128, dim=1)[:, :k]
-    return ad @ bd.t()
-
-
-def check(torch, out, ref, unquantized=None):
-    """(normwise relative error, DeepGEMM diff); asserts every element written and finite."""
-    o = out.double()
-    assert torch.isfinite(o).all(), "NaN/Inf in the output (unwritten element or overflow)"
-    if out.numel() < 4096:
-        target = ref.to(torch.bfloat16).double()  # small outputs: compare with the rounded answer
-    else:
-        target = ref
-    den = target.norm().item()
-    err = (o - target).norm().item() / den if den else o.norm().item()
-    diff = None
-    if unquantized is not None:
-        a_bf, b_bf = unquantized
-        x = (a_bf.double() @ b_bf.double().t())
-        diff = (1 - 2 * (o * x).sum() / (o * o + x * x).sum()).item()
-    return err, diff

@@ -1,7 +1,7 @@
-"""tools/dump.py: every --what mode on small configs, in-process (CPU only: needs ptxas, no GPU)."""
+"""fp8gemm.dump (fp8gemm-dump, tools/dump.py): every --what mode on small configs, in-process
+(CPU only: needs ptxas, no GPU); the console script from a non-editable install."""
 from __future__ import annotations
 
-import importlib.util
 import os
 import re
 import subprocess
@@ -17,15 +17,7 @@ from fp8gemm.sass_patch.instr import make_instr
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def _load_tool():
-    spec = importlib.util.spec_from_file_location("fp8gemm_tools_dump", ROOT / "tools" / "dump.py")
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = mod  # dataclasses look the module up while the class is built
-    spec.loader.exec_module(mod)
-    return mod
-
-
-dump = _load_tool()
+from fp8gemm import dump  # noqa: E402
 
 
 def _have_ptxas() -> bool:
@@ -233,3 +225,45 @@ def test_runs_as_a_script_without_torch_or_the_driver():
                           env={**os.environ, "PYTHONPATH": ""})
     assert proc.returncode == 0, proc.stderr
     assert "fp8gemm_dense_" in proc.stdout
+
+
+def test_module_entry_point():
+    proc = subprocess.run([sys.executable, "-m", "fp8gemm.dump", "--m", "64", "--n", "128", "--k", "256"],
+                          cwd=ROOT, capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert proc.returncode == 0, proc.stderr
+    assert "fp8gemm_dense_" in proc.stdout
+
+
+def _setuptools_builds_wheels() -> bool:
+    try:
+        import setuptools
+        return tuple(int(x) for x in setuptools.__version__.split(".")[:2]) >= (70, 1)
+    except (ImportError, ValueError):
+        return False
+
+
+def test_console_script_from_a_non_editable_install(tmp_path):
+    """Build the wheel, install it (not editable) into a folder of its own, and run its
+    fp8gemm-dump from outside the checkout: the tool ships in the package."""
+    import importlib.util
+    pip = [sys.executable, "-m", "pip"]
+    # build in this environment when it can build wheels (setuptools with wheel support), else let
+    # pip fetch the build backend as any install does
+    can_build = importlib.util.find_spec("wheel") is not None or _setuptools_builds_wheels()
+    iso = ["--no-build-isolation"] if can_build else []
+    r = subprocess.run([*pip, "wheel", "-q", "--no-deps", *iso, "-w", str(tmp_path / "w"), str(ROOT)],
+                       capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr[-2000:]
+    wheel = next((tmp_path / "w").glob("fp8gemm-*.whl"))
+    site = tmp_path / "site"
+    r = subprocess.run([*pip, "install", "-q", "--no-deps", "--target", str(site), str(wheel)],
+                       capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr[-2000:]
+    env = {**os.environ, "PYTHONPATH": str(site)}
+    out = subprocess.run([str(site / "bin" / "fp8gemm-dump"), "--m", "64", "--n", "128", "--k", "256"],
+                         cwd=tmp_path, capture_output=True, text=True, env=env)
+    assert out.returncode == 0, out.stderr
+    assert "fp8gemm_dense_" in out.stdout
+    where = subprocess.run([sys.executable, "-c", "import fp8gemm; print(fp8gemm.__file__)"], cwd=tmp_path,
+                           capture_output=True, text=True, env=env).stdout
+    assert where.startswith(str(site)), where            # the installed copy, not the checkout

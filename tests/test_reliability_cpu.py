@@ -199,3 +199,9 @@ def test_driver_older_than_ptxas_names_both(monkeypatch):
     monkeypatch.setattr(launcher, "driver_version", lambda: 13000)
     runtime.check_driver_for_ptxas()
     assert runtime._driver_checked
+
+
+def test_tools_share_code_through_the_package_not_tests():
+    for tool in sorted((ROOT / "tools").glob("*.py")):
+        text = tool.read_text()
+        assert '"tests"' not in text and "gemm_util" not in text and "grouped_util" not in text, tool.name

@@ -37,7 +37,6 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "tests"))
 
 FAMILIES = {"dense": 4, "contiguous": 3, "masked": 3, "cast_token": 1, "cast_block": 1}
 POISON = 0x7FC1                 # a bf16 NaN
@@ -106,7 +105,7 @@ def _m_of(p) -> int:
 
 
 def _layout(p):
-    from grouped_util import ContiguousLayout
+    from fp8gemm.testing import ContiguousLayout
     return ContiguousLayout.build(p["sizes"], pad_blocks={int(g): c for g, c in p["pad_blocks"].items()})
 
 

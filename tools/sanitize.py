@@ -24,7 +24,6 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "tests"))
 
 TOOLS = ("memcheck", "racecheck", "synccheck", "initcheck")
 N, K, SIZES = 3 * 112, 640, [200, 0, 1, 130]
@@ -64,7 +63,7 @@ def _quantized(torch, fp8gemm, g, rows):
 
 
 def _ok(torch, out, lhs, rhs, what):
-    from gemm_util import check, reference
+    from fp8gemm.testing import check, reference
     err, _ = check(torch, out, reference(torch, lhs, rhs))
     assert err <= 2e-3, (what, err)
 
