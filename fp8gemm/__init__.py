@@ -7,6 +7,7 @@ from __future__ import annotations
 from .arrays import DeviceArray, view_as
 from .config import GemmConfig, get_num_sms, set_num_sms
 from .gemm import GemmPlan, gemm_fp8_fp8_bf16_nt, plan_gemm
+from .bundle import export
 from .grouped import (ContiguousPlan, MaskedPlan, get_m_alignment_for_contiguous_layout,
                       m_grouped_gemm_fp8_fp8_bf16_nt_contiguous, m_grouped_gemm_fp8_fp8_bf16_nt_masked,
                       plan_m_grouped_gemm_contiguous, plan_m_grouped_gemm_masked)
@@ -30,4 +31,4 @@ __all__ = ["gemm_fp8_fp8_bf16_nt", "plan_gemm", "GemmPlan", "m_grouped_gemm_fp8_
            "DeviceArray", "view_as", "Fp8GemmError", "CompileError", "ToolchainError", "CudaError",
            "NoDriverError", "KernelFault", "per_token_cast_to_fp8",
            "per_block_cast_to_fp8", "ceil_div", "get_tma_aligned_size",
-           "get_m_alignment_for_contiguous_layout"]
+           "get_m_alignment_for_contiguous_layout", "export"]

@@ -86,7 +86,12 @@ def _gpu_demo(m: int, n: int, k: int) -> int:
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="python -m fp8gemm", description=__doc__)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["export"]:                 # python -m fp8gemm export DIR --gemm NxK:MAX_M ...
+        from .bundle import main as export_main
+        return export_main(argv[1:])
+    p = argparse.ArgumentParser(prog="python -m fp8gemm", description=__doc__,
+                                epilog="python -m fp8gemm export --help: ahead-of-time bundles for the C runtime")
     p.add_argument("--m", type=int, default=4096)
     p.add_argument("--n", type=int, default=7168)
     p.add_argument("--k", type=int, default=16384)

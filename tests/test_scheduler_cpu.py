@@ -113,3 +113,20 @@ def test_spec_expressions():
     for bad in ("__import__('os')", "m ** 2", "x"):
         with pytest.raises((ValueError, KeyError)):
             evaluate(bad, v)
+
+
+@pytest.mark.parametrize("kind", ["dense", "contiguous", "contiguous_psum", "masked"])
+def test_spec_units_match_the_config_model(kind):
+    """The grid rule the spec hands to runtimes (Python plans, exported bundles) counts the same
+    work units as the config's model, for every cluster mode."""
+    import random
+    rng = random.Random(kind)
+    for cfg in [GemmConfig(bm, 128, 3, kind=kind, cluster=c, multicast_on_a=a)
+                for bm in (64, 128) for c, a in ((1, True), (2, True), (2, False))]:
+        units = template.spec(cfg).units
+        for _ in range(20):
+            m, n, g = rng.randint(1, 5000), 8 * rng.randint(1, 900), rng.randint(1, 9)
+            groups = g if kind == "masked" else 1
+            got = evaluate(units, dict(m=m, n=n, groups=g if kind == "masked" else groups,
+                                       block_m=cfg.block_m, block_n=cfg.block_n))
+            assert got == cfg.units(m, n, groups), (cfg.name, m, n, g)

@@ -58,7 +58,8 @@ class GemmGen:
             block={"block_m": c.block_m, "block_n": c.block_n, "block_k": BLOCK_K, "stages": c.stages,
                    "math_warpgroups": c.math_warpgroups},
             expect_tx_bytes=sum(t.stage_bytes for t in maps),
-            grid="persistent: min(SMs // cluster, work units) clusters, capped by resident clusters")
+            grid="persistent: min(SMs // cluster, units) clusters, capped by the clusters that can be resident",
+            units=sched.units_expr())
 
     # ---- the kernel ------------------------------------------------------------------------
     def build(self) -> Kernel:

@@ -79,6 +79,18 @@ class Scheduler:
     def params(self) -> list[Param]:
         return []
 
+    groups_multiply_units = False          # masked: every group has its own M range
+
+    def units_expr(self) -> str:
+        """Work units of a problem, as a spec expression over m, n, groups, block_m, block_n:
+        what the persistent grid is sized by (an upper bound where rows are device data)."""
+        mu, nu = "ceil_div(m, block_m)", "ceil_div(n, block_n)"
+        if self.pair_on_m:
+            mu = f"ceil_div({mu}, 2)"
+        if self.pair_on_n:
+            nu = f"ceil_div({nu}, 2)"
+        return f"{mu} * {nu}" + (" * groups" if self.groups_multiply_units else "")
+
     def tensor_maps(self) -> list[TensorMap]:
         c = self.c
         swz = c.d_swizzle
@@ -530,6 +542,7 @@ class Masked(Segmented):
     kind = "masked"
     layout_param = "masked_m"
     a_is_grouped = True
+    groups_multiply_units = True
 
     def params(self) -> list[Param]:
         return [Param("layout", "u64", "masked_m: int32 [G], rows to compute per group", array="masked_m")]

@@ -59,6 +59,7 @@ class KernelSpec:
     block: Mapping[str, int]                 # block_m, block_n, block_k, stages, ...
     expect_tx_bytes: int                     # per stage: the sum of the loads' stage_bytes
     grid: str                                # how the launcher sizes the grid, in words
+    units: Expr = ""                         # work units (expression): grid = min(SMs // cluster, units) * cluster
 
     def param_index(self, name: str) -> int:
         for i, p in enumerate(self.params):

@@ -1,0 +1,196 @@
+"""Ahead-of-time bundles: the cubins and a manifest a runtime without Python can launch from.
+
+    fp8gemm.export("bundle/", gemm=[(7168, 2048, 4096)], contiguous=[(8, 4096, 7168, 1024)],
+                   masked=[(8, 4096, 7168, 256)])
+    python -m fp8gemm export bundle/ --gemm 7168x2048:4096 --masked 8x4096x7168:256
+
+A bundle directory holds ``manifest.json`` (format ``fp8gemm-bundle``, version 1), one
+``kernels/<name>.cubin`` per kernel, and the C runtime's sources under ``runtime/``. The
+manifest is plain data produced from each kernel's spec: its parameters in order with their
+sources, each tensor map (element type, dims, strides, box, swizzle; sizes as expressions over
+named problem values), threads, shared memory, cluster, and the work-unit expression that
+sizes the persistent grid. Problems map to kernels: a dense ``(N, K)`` carries M ranges (the
+heuristic's pick for every M up to its maximum), a grouped problem one kernel (chosen from its
+expected rows per group; M is a runtime argument). Expressions use the grammar of
+``ptx_templates/spec.py`` (integers, names, + - * //, min, max, ceil_div), which the C runtime
+evaluates too.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import shutil
+from importlib import resources
+from pathlib import Path
+from typing import Iterable, Sequence
+
+from . import jit
+from .config import GemmConfig, select_config
+from .ptx_templates import gemm as template
+
+FORMAT, VERSION = "fp8gemm-bundle", 1
+# the launch arguments of each operation, in the order the C runtime passes them
+ARGUMENTS = {"gemm": ("a", "a_scales", "b", "b_scales", "out"),
+             "m_grouped_contiguous": ("a", "a_scales", "b", "b_scales", "out", "m_indices"),
+             "m_grouped_contiguous_psum": ("a", "a_scales", "b", "b_scales", "out", "group_ends"),
+             "m_grouped_masked": ("a", "a_scales", "b", "b_scales", "out", "masked_m")}
+# problem values a runtime must supply (besides block_m / block_n, which the kernel fixes)
+VALUES = ("m", "n", "k", "groups", "kb", "a_stride", "b_stride", "out_stride", "sfa_stride", "a_group_stride",
+          "b_group_stride", "out_group_stride", "sfa_group_stride")
+RUNTIME_FILES = ("fp8gemm_rt.h", "fp8gemm_rt.c")
+
+
+def _kernel_entry(cfg: GemmConfig, kernels: dict, folder: Path) -> int:
+    """Compile ``cfg`` once into the bundle; its index in the manifest's kernel list."""
+    if cfg in kernels:
+        return kernels[cfg]["index"]
+    kern = template.build(cfg)
+    comp = jit.compile_ptx(kern.render(), kern.name)
+    (folder / "kernels").mkdir(parents=True, exist_ok=True)
+    (folder / "kernels" / f"{kern.name}.cubin").write_bytes(comp.cubin)
+    spec = template.spec(cfg).to_dict()
+    kernels[cfg] = {"index": len(kernels), "name": kern.name, "cubin": f"kernels/{kern.name}.cubin",
+                    "config": dataclasses.asdict(cfg), "spec": spec,
+                    "resources": dataclasses.asdict(comp.resources)}
+    return kernels[cfg]["index"]
+
+
+def _m_ranges(n: int, k: int, max_m: int, num_sms: int, kernels: dict, folder: Path) -> list[list[int]]:
+    """[[m_lo, m_hi, kernel], ...] covering 1..max_m with the heuristic's pick for each M."""
+    out: list[list[int]] = []
+    for m in range(1, max_m + 1):
+        cfg, _ = select_config(m, n, k, num_sms=num_sms)
+        idx = _kernel_entry(cfg, kernels, folder)
+        if out and out[-1][2] == idx:
+            out[-1][1] = m
+        else:
+            out.append([m, m, idx])
+    return out
+
+
+def export(folder: str | Path, *, gemm: Iterable[Sequence[int]] = (), contiguous: Iterable[Sequence[int]] = (),
+           contiguous_psum: Iterable[Sequence[int]] = (), masked: Iterable[Sequence[int]] = (),
+           num_sms: int = 132, runtime: bool = True) -> dict:
+    """Write a bundle for these problems into ``folder`` and return its manifest.
+
+    ``gemm``: (N, K, max_M) -- kernels for every M in 1..max_M; ``contiguous`` /
+    ``contiguous_psum`` / ``masked``: (G, N, K, expected_rows_per_group). ``num_sms``: the SM
+    count the heuristic plans for (the runtime sizes grids with the device's own count).
+    """
+    from .checks import check_problem, positive_int
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    kernels: dict = {}
+    problems = []
+    for item in gemm:
+        n, k, max_m = (positive_int(f"export: gemm {tuple(item)}", x) for x in item)
+        check_problem("export gemm", max_m, n, k)
+        problems.append({"op": "gemm", "n": n, "k": k, "max_m": max_m,
+                         "ranges": _m_ranges(n, k, max_m, num_sms, kernels, folder)})
+    for op, kind, items in (("m_grouped_contiguous", "contiguous", contiguous),
+                            ("m_grouped_contiguous_psum", "contiguous_psum", contiguous_psum),
+                            ("m_grouped_masked", "masked", masked)):
+        for item in items:
+            g, n, k, expected = (positive_int(f"export: {kind} {tuple(item)}", x) for x in item)
+            check_problem(f"export {kind}", expected, n, k, g)
+            cfg, _ = select_config(expected, n, k, g, kind=kind, num_sms=num_sms)
+            problems.append({"op": op, "groups": g, "n": n, "k": k, "expected_m": expected,
+                             "kernel": _kernel_entry(cfg, kernels, folder)})
+    from . import __version__
+    manifest = {"format": FORMAT, "version": VERSION, "fp8gemm_version": __version__, "target": jit.TARGET,
+                "ptxas": jit.ptxas_version(jit.find_ptxas()[0]), "heuristic_num_sms": num_sms,
+                "arguments": {op: list(a) for op, a in ARGUMENTS.items()}, "values": list(VALUES),
+                "kernels": sorted((dict(v) for v in kernels.values()), key=lambda e: e["index"]),
+                "problems": problems}
+    for e in manifest["kernels"]:
+        del e["index"]
+    manifest = json.loads(json.dumps(manifest))           # plain JSON data, as a reader sees it
+    validate_manifest(manifest, folder)
+    (folder / "manifest.json").write_text(json.dumps(manifest, indent=1))
+    if runtime:
+        copy_runtime(folder / "runtime")
+    return manifest
+
+
+def copy_runtime(dest: str | Path) -> list[Path]:
+    """Copy the C runtime's sources (shipped in the package) into ``dest``."""
+    dest = Path(dest)
+    dest.mkdir(parents=True, exist_ok=True)
+    out = []
+    for name in RUNTIME_FILES:
+        src = resources.files("fp8gemm").joinpath("runtime_c", name)
+        with resources.as_file(src) as p:
+            shutil.copyfile(p, dest / name)
+        out.append(dest / name)
+    return out
+
+
+def validate_manifest(manifest: dict, folder: str | Path | None = None) -> None:
+    """Raise ValueError when ``manifest`` breaks the bundle schema (version 1)."""
+    from .ptx_templates.spec import evaluate
+
+    def need(cond, what):
+        if not cond:
+            raise ValueError(f"bundle manifest: {what}")
+    need(manifest.get("format") == FORMAT and manifest.get("version") == VERSION, "format/version")
+    kernels = manifest.get("kernels")
+    need(isinstance(kernels, list) and kernels, "no kernels")
+    probe = {v: 4096 for v in VALUES} | {"kb": 32, "groups": 2}
+    for e in kernels:
+        spec = e.get("spec", {})
+        need(isinstance(e.get("name"), str) and e.get("cubin", "").endswith(".cubin"), "kernel name/cubin")
+        if folder is not None:
+            need((Path(folder) / e["cubin"]).is_file(), f"missing {e['cubin']}")
+        values = dict(probe, block_m=spec["block"]["block_m"], block_n=spec["block"]["block_n"])
+        need(evaluate(spec["units"], values) > 0, f"{e['name']}: units")
+        maps = {t["param"]: t for t in spec["tensor_maps"]}
+        for p in spec["params"]:
+            sources = (p["type"] == "tmap") + (p["array"] is not None) + (p["value"] is not None)
+            need(sources == 1, f"{e['name']}: parameter {p['name']} needs exactly one source")
+            if p["type"] == "tmap":
+                t = maps[p["name"]]
+                need(len(t["dims"]) == len(t["box"]) == len(t["strides"]) + 1, f"{e['name']}: {p['name']} rank")
+                for x in (*t["dims"], *t["strides"], *t["box"]):
+                    evaluate(x, values)
+            elif p["value"] is not None:
+                evaluate(p["value"], values)
+        need(spec["threads"] > 0 and spec["smem_bytes"] > 0 and len(spec["cluster"]) == 3, f"{e['name']}: launch")
+    for prob in manifest.get("problems", []):
+        need(prob.get("op") in ARGUMENTS, f"unknown op {prob.get('op')!r}")
+        if prob["op"] == "gemm":
+            r = prob["ranges"]
+            need(r and r[0][0] == 1 and r[-1][1] == prob["max_m"], "gemm ranges must cover 1..max_m")
+            need(all(a[1] + 1 == b[0] for a, b in zip(r, r[1:])), "gemm ranges must be contiguous")
+            need(all(0 <= x[2] < len(kernels) for x in r), "gemm range kernel index")
+        else:
+            need(0 <= prob["kernel"] < len(kernels), "grouped kernel index")
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m fp8gemm export DIR --gemm NxK:MAXM ... --contiguous GxNxK:E ... --masked GxNxK:E``"""
+    import argparse
+
+    def nums(text, count, sep):
+        try:
+            head, tail = text.split(":")
+            parts = [int(x) for x in head.split("x")] + [int(tail)]
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {sep}, got {text!r}") from None
+        if len(parts) != count:
+            raise argparse.ArgumentTypeError(f"expected {sep}, got {text!r}")
+        return parts
+    p = argparse.ArgumentParser(prog="python -m fp8gemm export", description=__doc__.split("\n\n")[0])
+    p.add_argument("folder")
+    p.add_argument("--gemm", action="append", default=[], type=lambda t: nums(t, 3, "NxK:MAX_M"))
+    for kind in ("contiguous", "contiguous-psum", "masked"):
+        p.add_argument(f"--{kind}", action="append", default=[], type=lambda t: nums(t, 4, "GxNxK:EXPECTED_M"))
+    p.add_argument("--num-sms", type=int, default=132)
+    a = p.parse_args(argv)
+    try:
+        man = export(a.folder, gemm=a.gemm, contiguous=a.contiguous, contiguous_psum=a.contiguous_psum,
+                     masked=a.masked, num_sms=a.num_sms)
+    except (ValueError, TypeError) as e:
+        p.error(str(e))
+    print(f"{a.folder}: {len(man['kernels'])} kernels, {len(man['problems'])} problems "
+          f"(manifest.json, kernels/, runtime/)")
+    return 0

@@ -1,0 +1,1007 @@
+/* fp8gemm C runtime: see fp8gemm_rt.h. C99; libcuda is opened with dlopen at load time.
+ *
+ * The manifest is the kernels' own spec as data: for each kernel, its parameters in order
+ * (a tensor map, an array's address, or a size expression) and its tensor maps (dims, strides,
+ * box as expressions over named problem values). This file only evaluates what the manifest
+ * says; it restates nothing about the kernels.
+ */
+#define _POSIX_C_SOURCE 200809L
+#include "fp8gemm_rt.h"
+
+#include <ctype.h>
+#include <dlfcn.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define MAX_PARAMS 24
+#define MAX_RANK 5
+
+/* ---- status ------------------------------------------------------------------------------ */
+static int fail(fp8gemm_status *st, int code, const char *fmt, ...) {
+    if (st) {
+        va_list ap;
+        va_start(ap, fmt);
+        st->code = code;
+        vsnprintf(st->message, sizeof st->message, fmt, ap);
+        va_end(ap);
+    }
+    return code;
+}
+
+static int ok(fp8gemm_status *st) {
+    if (st) {
+        st->code = FP8GEMM_OK;
+        st->message[0] = '\0';
+    }
+    return FP8GEMM_OK;
+}
+
+/* ---- the driver, opened at run time -------------------------------------------------------- */
+typedef CUresult (*pfn_GetErrorName)(CUresult, const char **);
+typedef CUresult (*pfn_CtxGetDevice)(CUdevice *);
+typedef CUresult (*pfn_DeviceGetAttribute)(int *, CUdevice_attribute, CUdevice);
+typedef CUresult (*pfn_ModuleLoadData)(CUmodule *, const void *);
+typedef CUresult (*pfn_ModuleUnload)(CUmodule);
+typedef CUresult (*pfn_ModuleGetFunction)(CUfunction *, CUmodule, const char *);
+typedef CUresult (*pfn_FuncSetAttribute)(CUfunction, CUfunction_attribute, int);
+typedef CUresult (*pfn_OccupancyMaxActiveClusters)(int *, CUfunction, const CUlaunchConfig *);
+typedef CUresult (*pfn_LaunchKernelEx)(const CUlaunchConfig *, CUfunction, void **, void **);
+typedef CUresult (*pfn_TensorMapEncodeTiled)(CUtensorMap *, CUtensorMapDataType, cuuint32_t, void *,
+                                             const cuuint64_t *, const cuuint64_t *, const cuuint32_t *,
+                                             const cuuint32_t *, CUtensorMapInterleave, CUtensorMapSwizzle,
+                                             CUtensorMapL2promotion, CUtensorMapFloatOOBfill);
+
+typedef struct {
+    void *lib;
+    pfn_GetErrorName GetErrorName;
+    pfn_CtxGetDevice CtxGetDevice;
+    pfn_DeviceGetAttribute DeviceGetAttribute;
+    pfn_ModuleLoadData ModuleLoadData;
+    pfn_ModuleUnload ModuleUnload;
+    pfn_ModuleGetFunction ModuleGetFunction;
+    pfn_FuncSetAttribute FuncSetAttribute;
+    pfn_OccupancyMaxActiveClusters OccupancyMaxActiveClusters;
+    pfn_LaunchKernelEx LaunchKernelEx;
+    pfn_TensorMapEncodeTiled TensorMapEncodeTiled;
+} driver;
+
+static int driver_open(driver *d, fp8gemm_status *st) {
+    memset(d, 0, sizeof *d);
+    d->lib = dlopen("libcuda.so.1", RTLD_NOW | RTLD_LOCAL);
+    if (!d->lib)
+        return fail(st, FP8GEMM_ERROR_CUDA, "cannot open libcuda.so.1 (the NVIDIA driver): %s", dlerror());
+#define SYM(field, name)                                                                     \
+    do {                                                                                     \
+        void *p_ = dlsym(d->lib, name);                                                      \
+        if (!p_)                                                                             \
+            return fail(st, FP8GEMM_ERROR_CUDA, "libcuda.so.1 has no %s (driver too old?)", name); \
+        memcpy(&d->field, &p_, sizeof p_);                                                   \
+    } while (0)
+    SYM(GetErrorName, "cuGetErrorName");
+    SYM(CtxGetDevice, "cuCtxGetDevice");
+    SYM(DeviceGetAttribute, "cuDeviceGetAttribute");
+    SYM(ModuleLoadData, "cuModuleLoadData");
+    SYM(ModuleUnload, "cuModuleUnload");
+    SYM(ModuleGetFunction, "cuModuleGetFunction");
+    SYM(FuncSetAttribute, "cuFuncSetAttribute");
+    SYM(OccupancyMaxActiveClusters, "cuOccupancyMaxActiveClusters");
+    SYM(LaunchKernelEx, "cuLaunchKernelEx");
+    SYM(TensorMapEncodeTiled, "cuTensorMapEncodeTiled");
+#undef SYM
+    return FP8GEMM_OK;
+}
+
+static int cuda_fail(const driver *d, fp8gemm_status *st, const char *call, CUresult r, const char *what) {
+    const char *name = "unknown error";
+    if (d->GetErrorName)
+        d->GetErrorName(r, &name);
+    return fail(st, FP8GEMM_ERROR_CUDA, "%s failed (%s) for %s", call, name ? name : "?", what);
+}
+
+/* ---- a small JSON reader (the manifest) ---------------------------------------------------- */
+typedef enum { J_NULL, J_BOOL, J_NUM, J_STR, J_ARR, J_OBJ } jtype;
+typedef struct jv {
+    jtype t;
+    double num;
+    char *str;          /* J_STR */
+    struct jv *items;   /* J_ARR / J_OBJ values */
+    char **keys;        /* J_OBJ */
+    int n;
+} jv;
+
+typedef struct {
+    const char *p, *end;
+    int depth;
+} jparser;
+
+static void j_free(jv *v) {
+    int i;
+    if (!v)
+        return;
+    free(v->str);
+    for (i = 0; i < v->n; i++) {
+        j_free(&v->items[i]);
+        if (v->keys)
+            free(v->keys[i]);
+    }
+    free(v->items);
+    free(v->keys);
+    memset(v, 0, sizeof *v);
+}
+
+static void j_ws(jparser *q) {
+    while (q->p < q->end && isspace((unsigned char)*q->p))
+        q->p++;
+}
+
+static int j_value(jparser *q, jv *out);
+
+static int j_string(jparser *q, char **out) {
+    size_t cap = 16, len = 0;
+    char *s;
+    if (q->p >= q->end || *q->p != '"')
+        return -1;
+    q->p++;
+    s = malloc(cap);
+    if (!s)
+        return -1;
+    while (q->p < q->end && *q->p != '"') {
+        char c = *q->p++;
+        if (c == '\\') {
+            if (q->p >= q->end)
+                break;
+            c = *q->p++;
+            if (c == 'n') c = '\n';
+            else if (c == 't') c = '\t';
+            else if (c == 'r') c = '\r';
+            else if (c == 'u') { /* the manifest is ASCII: keep the code point's low byte */
+                unsigned v = 0;
+                int i;
+                for (i = 0; i < 4 && q->p < q->end; i++, q->p++)
+                    v = v * 16 + (unsigned)(isdigit((unsigned char)*q->p) ? *q->p - '0' : (tolower((unsigned char)*q->p) - 'a' + 10));
+                c = (char)(v & 0x7F);
+            }
+        }
+        if (len + 2 > cap) {
+            char *t = realloc(s, cap *= 2);
+            if (!t) {
+                free(s);
+                return -1;
+            }
+            s = t;
+        }
+        s[len++] = c;
+    }
+    if (q->p >= q->end) {
+        free(s);
+        return -1;
+    }
+    q->p++;
+    s[len] = '\0';
+    *out = s;
+    return 0;
+}
+
+static int j_push(jv *v, const jv *item, char *key) {
+    jv *items = realloc(v->items, (size_t)(v->n + 1) * sizeof *items);
+    if (!items)
+        return -1;
+    v->items = items;
+    if (v->t == J_OBJ) {
+        char **keys = realloc(v->keys, (size_t)(v->n + 1) * sizeof *keys);
+        if (!keys)
+            return -1;
+        v->keys = keys;
+        v->keys[v->n] = key;
+    }
+    v->items[v->n++] = *item;
+    return 0;
+}
+
+static int j_value(jparser *q, jv *out) {
+    memset(out, 0, sizeof *out);
+    j_ws(q);
+    if (q->p >= q->end || ++q->depth > 64)
+        return -1;
+    if (*q->p == '{' || *q->p == '[') {
+        int obj = *q->p == '{';
+        out->t = obj ? J_OBJ : J_ARR;
+        q->p++;
+        j_ws(q);
+        if (q->p < q->end && *q->p == (obj ? '}' : ']')) {
+            q->p++;
+            q->depth--;
+            return 0;
+        }
+        for (;;) {
+            jv item;
+            char *key = NULL;
+            j_ws(q);
+            if (obj) {
+                if (j_string(q, &key))
+                    return -1;
+                j_ws(q);
+                if (q->p >= q->end || *q->p++ != ':') {
+                    free(key);
+                    return -1;
+                }
+            }
+            if (j_value(q, &item) || j_push(out, &item, key)) {
+                free(key);
+                return -1;
+            }
+            j_ws(q);
+            if (q->p < q->end && *q->p == ',') {
+                q->p++;
+                continue;
+            }
+            if (q->p < q->end && *q->p == (obj ? '}' : ']')) {
+                q->p++;
+                break;
+            }
+            return -1;
+        }
+    } else if (*q->p == '"') {
+        out->t = J_STR;
+        if (j_string(q, &out->str))
+            return -1;
+    } else if (!strncmp(q->p, "true", 4) || !strncmp(q->p, "false", 5)) {
+        out->t = J_BOOL;
+        out->num = *q->p == 't';
+        q->p += *q->p == 't' ? 4 : 5;
+    } else if (!strncmp(q->p, "null", 4)) {
+        out->t = J_NULL;
+        q->p += 4;
+    } else {
+        char *e;
+        out->t = J_NUM;
+        out->num = strtod(q->p, &e);
+        if (e == q->p)
+            return -1;
+        q->p = e;
+    }
+    q->depth--;
+    return 0;
+}
+
+static const jv *j_get(const jv *o, const char *key) {
+    int i;
+    if (!o || o->t != J_OBJ)
+        return NULL;
+    for (i = 0; i < o->n; i++)
+        if (!strcmp(o->keys[i], key))
+            return &o->items[i];
+    return NULL;
+}
+
+static const char *j_str(const jv *o, const char *key) {
+    const jv *v = j_get(o, key);
+    return v && v->t == J_STR ? v->str : NULL;
+}
+
+static int j_int(const jv *o, const char *key, int64_t *out) {
+    const jv *v = j_get(o, key);
+    if (!v || v->t != J_NUM)
+        return -1;
+    *out = (int64_t)v->num;
+    return 0;
+}
+
+/* ---- size expressions (the grammar of fp8gemm/ptx_templates/spec.py) ----------------------- */
+enum { V_M, V_N, V_K, V_GROUPS, V_KB, V_A_STRIDE, V_B_STRIDE, V_OUT_STRIDE, V_SFA_STRIDE, V_A_GROUP_STRIDE,
+       V_B_GROUP_STRIDE, V_OUT_GROUP_STRIDE, V_SFA_GROUP_STRIDE, V_BLOCK_M, V_BLOCK_N, V_COUNT };
+static const char *const VALUE_NAMES[V_COUNT] = {
+    "m", "n", "k", "groups", "kb", "a_stride", "b_stride", "out_stride", "sfa_stride", "a_group_stride",
+    "b_group_stride", "out_group_stride", "sfa_group_stride", "block_m", "block_n"};
+
+typedef struct {
+    const char *p;
+    const char *const *names;
+    const int64_t *values;
+    int count;
+    const char *err;
+} xparser;
+
+static int64_t x_sum(xparser *x);
+
+static void x_ws(xparser *x) {
+    while (*x->p == ' ')
+        x->p++;
+}
+
+static int64_t x_atom(xparser *x) {
+    x_ws(x);
+    if (isdigit((unsigned char)*x->p)) {
+        int64_t v = 0;
+        while (isdigit((unsigned char)*x->p))
+            v = v * 10 + (*x->p++ - '0');
+        return v;
+    }
+    if (*x->p == '(') {
+        int64_t v;
+        x->p++;
+        v = x_sum(x);
+        x_ws(x);
+        if (*x->p++ != ')')
+            x->err = "expected ')'";
+        return v;
+    }
+    if (isalpha((unsigned char)*x->p) || *x->p == '_') {
+        char name[40];
+        size_t len = 0;
+        int i;
+        while ((isalnum((unsigned char)*x->p) || *x->p == '_') && len + 1 < sizeof name)
+            name[len++] = *x->p++;
+        name[len] = '\0';
+        x_ws(x);
+        if (*x->p == '(') {  /* min, max, ceil_div of two arguments */
+            int64_t a, b;
+            x->p++;
+            a = x_sum(x);
+            x_ws(x);
+            if (*x->p++ != ',') {
+                x->err = "expected ','";
+                return 0;
+            }
+            b = x_sum(x);
+            x_ws(x);
+            if (*x->p++ != ')') {
+                x->err = "expected ')'";
+                return 0;
+            }
+            if (!strcmp(name, "min"))
+                return a < b ? a : b;
+            if (!strcmp(name, "max"))
+                return a > b ? a : b;
+            if (!strcmp(name, "ceil_div")) {
+                if (b == 0) {
+                    x->err = "ceil_div by zero";
+                    return 0;
+                }
+                return (a + b - 1) / b;
+            }
+            x->err = "unknown function";
+            return 0;
+        }
+        for (i = 0; i < x->count; i++)
+            if (!strcmp(x->names[i], name))
+                return x->values[i];
+        x->err = "unknown name";
+        return 0;
+    }
+    x->err = "unexpected character";
+    return 0;
+}
+
+static int64_t x_product(xparser *x) {
+    int64_t v = x_atom(x);
+    for (;;) {
+        x_ws(x);
+        if (*x->p == '*') {
+            x->p++;
+            v *= x_atom(x);
+        } else if (x->p[0] == '/' && x->p[1] == '/') {
+            int64_t d;
+            x->p += 2;
+            d = x_atom(x);
+            if (d == 0) {
+                x->err = "division by zero";
+                return 0;
+            }
+            v /= d;
+        } else {
+            return v;
+        }
+    }
+}
+
+static int64_t x_sum(xparser *x) {
+    int64_t v = x_product(x);
+    for (;;) {
+        x_ws(x);
+        if (*x->p == '+') {
+            x->p++;
+            v += x_product(x);
+        } else if (*x->p == '-') {
+            x->p++;
+            v -= x_product(x);
+        } else {
+            return v;
+        }
+    }
+}
+
+int fp8gemm_eval_expression(const char *expr, const char *const *names, const int64_t *values, int count,
+                            int64_t *out, fp8gemm_status *st) {
+    xparser x;
+    int64_t v;
+    x.p = expr;
+    x.names = names;
+    x.values = values;
+    x.count = count;
+    x.err = NULL;
+    v = x_sum(&x);
+    x_ws(&x);
+    if (!x.err && *x.p)
+        x.err = "trailing characters";
+    if (x.err)
+        return fail(st, FP8GEMM_ERROR_BUNDLE, "expression '%s': %s", expr, x.err);
+    *out = v;
+    return ok(st);
+}
+
+/* a manifest value: an integer or an expression string */
+static int eval_item(const jv *v, const int64_t *vals, int64_t *out, fp8gemm_status *st) {
+    if (v && v->t == J_NUM) {
+        *out = (int64_t)v->num;
+        return ok(st);
+    }
+    if (v && v->t == J_STR)
+        return fp8gemm_eval_expression(v->str, VALUE_NAMES, vals, V_COUNT, out, st);
+    return fail(st, FP8GEMM_ERROR_BUNDLE, "manifest: a size is neither an integer nor an expression");
+}
+
+/* ---- the bundle ------------------------------------------------------------------------------ */
+enum { A_A, A_A_SCALES, A_B, A_B_SCALES, A_OUT, A_LAYOUT, A_DEBUG, A_COUNT };
+
+typedef struct {
+    int type;          /* 0 tensor map, 1 u64, 2 u32 */
+    int array;         /* A_* for addresses and tensor maps, -1 for values */
+    const jv *map;     /* the tensor map's manifest entry */
+    const jv *value;   /* the u32 value's expression */
+} param;
+
+typedef struct {
+    const char *name;
+    CUmodule module;
+    CUfunction fn;
+    int threads, smem, cluster, max_clusters;
+    int64_t block_m, block_n;
+    const jv *units;
+    param params[MAX_PARAMS];
+    int nparams;
+} kernel;
+
+typedef struct {
+    const char *op;
+    int64_t groups, n, k, max_m;
+    const jv *ranges;
+    int kernel;
+} problem;
+
+struct fp8gemm_bundle {
+    driver drv;
+    jv manifest;
+    kernel *kernels;
+    int nkernels;
+    problem *problems;
+    int nproblems;
+    int num_sms;
+};
+
+int fp8gemm_bundle_kernels(const fp8gemm_bundle *b) { return b ? b->nkernels : 0; }
+int fp8gemm_bundle_problems(const fp8gemm_bundle *b) { return b ? b->nproblems : 0; }
+
+static int array_index(const char *name) {
+    static const char *const names[] = {"a", "a_scales", "b", "b_scales", "out"};
+    int i;
+    for (i = 0; i < 5; i++)
+        if (!strcmp(name, names[i]))
+            return i;
+    if (!strcmp(name, "m_indices") || !strcmp(name, "group_ends") || !strcmp(name, "masked_m"))
+        return A_LAYOUT;
+    if (!strcmp(name, "debug"))
+        return A_DEBUG;
+    return -1;
+}
+
+static char *read_file(const char *path, size_t *len) {
+    FILE *f = fopen(path, "rb");
+    char *buf = NULL;
+    long n;
+    if (!f)
+        return NULL;
+    if (fseek(f, 0, SEEK_END) == 0 && (n = ftell(f)) >= 0 && fseek(f, 0, SEEK_SET) == 0) {
+        buf = malloc((size_t)n + 1);
+        if (buf && fread(buf, 1, (size_t)n, f) != (size_t)n) {
+            free(buf);
+            buf = NULL;
+        }
+        if (buf) {
+            buf[n] = '\0';
+            *len = (size_t)n;
+        }
+    }
+    fclose(f);
+    return buf;
+}
+
+static int load_kernel(fp8gemm_bundle *b, const char *folder, const jv *e, kernel *kr, fp8gemm_status *st) {
+    const jv *spec = j_get(e, "spec"), *params, *maps, *block, *cluster;
+    const char *cubin = j_str(e, "cubin");
+    char path[4096];
+    size_t len = 0;
+    char *image;
+    int64_t v;
+    int i, j;
+    CUresult r;
+    kr->name = j_str(e, "name");
+    params = j_get(spec, "params");
+    maps = j_get(spec, "tensor_maps");
+    block = j_get(spec, "block");
+    cluster = j_get(spec, "cluster");
+    kr->units = j_get(spec, "units");
+    if (!kr->name || !cubin || !params || params->t != J_ARR || !maps || !block || !cluster || !kr->units)
+        return fail(st, FP8GEMM_ERROR_BUNDLE, "manifest: an incomplete kernel entry");
+    if (params->n > MAX_PARAMS)
+        return fail(st, FP8GEMM_ERROR_BUNDLE, "%s: %d parameters (at most %d)", kr->name, params->n, MAX_PARAMS);
+    if (j_int(spec, "threads", &v))
+        return fail(st, FP8GEMM_ERROR_BUNDLE, "%s: no threads", kr->name);
+    kr->threads = (int)v;
+    if (j_int(spec, "smem_bytes", &v))
+        return fail(st, FP8GEMM_ERROR_BUNDLE, "%s: no smem_bytes", kr->name);
+    kr->smem = (int)v;
+    kr->cluster = cluster->t == J_ARR && cluster->n > 0 ? (int)cluster->items[0].num : 1;
+    if (j_int(block, "block_m", &kr->block_m) || j_int(block, "block_n", &kr->block_n))
+        return fail(st, FP8GEMM_ERROR_BUNDLE, "%s: no block sizes", kr->name);
+    kr->nparams = params->n;
+    for (i = 0; i < params->n; i++) {
+        const jv *p = &params->items[i];
+        const char *type = j_str(p, "type"), *pname = j_str(p, "name"), *array = j_str(p, "array");
+        param *q = &kr->params[i];
+        if (!type || !pname)
+            return fail(st, FP8GEMM_ERROR_BUNDLE, "%s: parameter %d has no name/type", kr->name, i);
+        q->array = array ? array_index(array) : -1;
+        q->map = NULL;
+        q->value = NULL;
+        if (!strcmp(type, "tmap")) {
+            q->type = 0;
+            for (j = 0; j < maps->n; j++) {
+                const char *mp = j_str(&maps->items[j], "param");
+                if (mp && !strcmp(mp, pname))
+                    q->map = &maps->items[j];
+            }
+            if (!q->map || (q->array = array_index(j_str(q->map, "array") ? j_str(q->map, "array") : "")) < 0)
+                return fail(st, FP8GEMM_ERROR_BUNDLE, "%s: tensor map %s is not described", kr->name, pname);
+        } else if (!strcmp(type, "u64")) {
+            q->type = 1;
+            if (q->array < 0)
+                return fail(st, FP8GEMM_ERROR_BUNDLE, "%s: %s names no known array", kr->name, pname);
+        } else if (!strcmp(type, "u32")) {
+            q->type = 2;
+            q->value = j_get(p, "value");
+            if (!q->value || q->value->t == J_NULL)
+                return fail(st, FP8GEMM_ERROR_BUNDLE, "%s: %s has no value", kr->name, pname);
+        } else {
+            return fail(st, FP8GEMM_ERROR_BUNDLE, "%s: parameter %s has type %s", kr->name, pname, type);
+        }
+    }
+    if (snprintf(path, sizeof path, "%s/%s", folder, cubin) >= (int)sizeof path)
+        return fail(st, FP8GEMM_ERROR_BUNDLE, "path too long: %s/%s", folder, cubin);
+    image = read_file(path, &len);
+    if (!image)
+        return fail(st, FP8GEMM_ERROR_BUNDLE, "cannot read %s", path);
+    r = b->drv.ModuleLoadData(&kr->module, image);
+    free(image);
+    if (r != CUDA_SUCCESS)
+        return cuda_fail(&b->drv, st, "cuModuleLoadData", r, path);
+    if ((r = b->drv.ModuleGetFunction(&kr->fn, kr->module, kr->name)) != CUDA_SUCCESS)
+        return cuda_fail(&b->drv, st, "cuModuleGetFunction", r, kr->name);
+    if (kr->smem > 48 * 1024 &&
+        (r = b->drv.FuncSetAttribute(kr->fn, CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES, kr->smem)) != CUDA_SUCCESS)
+        return cuda_fail(&b->drv, st, "cuFuncSetAttribute", r, kr->name);
+    kr->max_clusters = 0;
+    if (kr->cluster > 1) {   /* a persistent grid larger than what can be resident runs its tail late */
+        CUlaunchConfig cfg;
+        CUlaunchAttribute attr;
+        memset(&cfg, 0, sizeof cfg);
+        memset(&attr, 0, sizeof attr);
+        cfg.gridDimX = (unsigned)(b->num_sms / kr->cluster * kr->cluster);
+        cfg.gridDimY = cfg.gridDimZ = 1;
+        cfg.blockDimX = (unsigned)kr->threads;
+        cfg.blockDimY = cfg.blockDimZ = 1;
+        cfg.sharedMemBytes = (unsigned)kr->smem;
+        attr.id = CU_LAUNCH_ATTRIBUTE_CLUSTER_DIMENSION;
+        attr.value.clusterDim.x = (unsigned)kr->cluster;
+        attr.value.clusterDim.y = attr.value.clusterDim.z = 1;
+        cfg.attrs = &attr;
+        cfg.numAttrs = 1;
+        if ((r = b->drv.OccupancyMaxActiveClusters(&kr->max_clusters, kr->fn, &cfg)) != CUDA_SUCCESS)
+            return cuda_fail(&b->drv, st, "cuOccupancyMaxActiveClusters", r, kr->name);
+    }
+    return ok(st);
+}
+
+void fp8gemm_bundle_free(fp8gemm_bundle *b) {
+    int i;
+    if (!b)
+        return;
+    for (i = 0; i < b->nkernels; i++)
+        if (b->kernels[i].module && b->drv.ModuleUnload)
+            b->drv.ModuleUnload(b->kernels[i].module);
+    free(b->kernels);
+    free(b->problems);
+    j_free(&b->manifest);
+    if (b->drv.lib)
+        dlclose(b->drv.lib);
+    free(b);
+}
+
+int fp8gemm_bundle_load(const char *folder, fp8gemm_bundle **out, fp8gemm_status *st) {
+    fp8gemm_bundle *b;
+    char path[4096];
+    char *text;
+    size_t len = 0;
+    jparser q;
+    const jv *kernels, *problems, *fmt;
+    int64_t version = 0;
+    CUdevice dev;
+    CUresult r;
+    int i, rc;
+    if (!folder || !out)
+        return fail(st, FP8GEMM_ERROR_ARGUMENT, "folder and out must not be NULL");
+    *out = NULL;
+    b = calloc(1, sizeof *b);
+    if (!b)
+        return fail(st, FP8GEMM_ERROR_BUNDLE, "out of host memory");
+    if ((rc = driver_open(&b->drv, st)) != FP8GEMM_OK)
+        goto bad;
+    if ((r = b->drv.CtxGetDevice(&dev)) != CUDA_SUCCESS) {
+        rc = cuda_fail(&b->drv, st, "cuCtxGetDevice", r, "the current context (make one current first)");
+        goto bad;
+    }
+    if ((r = b->drv.DeviceGetAttribute(&b->num_sms, CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT, dev)) != CUDA_SUCCESS) {
+        rc = cuda_fail(&b->drv, st, "cuDeviceGetAttribute", r, "the SM count");
+        goto bad;
+    }
+    snprintf(path, sizeof path, "%s/manifest.json", folder);
+    text = read_file(path, &len);
+    if (!text) {
+        rc = fail(st, FP8GEMM_ERROR_BUNDLE, "cannot read %s", path);
+        goto bad;
+    }
+    q.p = text;
+    q.end = text + len;
+    q.depth = 0;
+    rc = j_value(&q, &b->manifest);
+    free(text);
+    fmt = j_get(&b->manifest, "format");
+    if (rc || !fmt || fmt->t != J_STR || strcmp(fmt->str, "fp8gemm-bundle") || j_int(&b->manifest, "version", &version) ||
+        version != 1) {
+        rc = fail(st, FP8GEMM_ERROR_BUNDLE, "%s is not an fp8gemm bundle manifest of version 1", path);
+        goto bad;
+    }
+    kernels = j_get(&b->manifest, "kernels");
+    problems = j_get(&b->manifest, "problems");
+    if (!kernels || kernels->t != J_ARR || !problems || problems->t != J_ARR) {
+        rc = fail(st, FP8GEMM_ERROR_BUNDLE, "%s: no kernels or problems", path);
+        goto bad;
+    }
+    b->kernels = calloc((size_t)kernels->n + 1, sizeof *b->kernels);
+    b->problems = calloc((size_t)problems->n + 1, sizeof *b->problems);
+    if (!b->kernels || !b->problems) {
+        rc = fail(st, FP8GEMM_ERROR_BUNDLE, "out of host memory");
+        goto bad;
+    }
+    for (i = 0; i < kernels->n; i++, b->nkernels++)
+        if ((rc = load_kernel(b, folder, &kernels->items[i], &b->kernels[i], st)) != FP8GEMM_OK)
+            goto bad;
+    for (i = 0; i < problems->n; i++) {
+        const jv *p = &problems->items[i];
+        problem *pr = &b->problems[b->nproblems++];
+        int64_t kidx = -1;
+        pr->op = j_str(p, "op");
+        pr->groups = 1;
+        j_int(p, "groups", &pr->groups);
+        if (!pr->op || j_int(p, "n", &pr->n) || j_int(p, "k", &pr->k)) {
+            rc = fail(st, FP8GEMM_ERROR_BUNDLE, "%s: problem %d is incomplete", path, i);
+            goto bad;
+        }
+        pr->ranges = j_get(p, "ranges");
+        pr->max_m = 0;
+        j_int(p, "max_m", &pr->max_m);
+        j_int(p, "kernel", &kidx);
+        pr->kernel = (int)kidx;
+        if (pr->ranges ? pr->ranges->t != J_ARR || pr->ranges->n == 0 : (kidx < 0 || kidx >= b->nkernels)) {
+            rc = fail(st, FP8GEMM_ERROR_BUNDLE, "%s: problem %d names no kernel", path, i);
+            goto bad;
+        }
+    }
+    *out = b;
+    return ok(st);
+bad:
+    fp8gemm_bundle_free(b);
+    return rc;
+}
+
+/* ---- launching ------------------------------------------------------------------------------ */
+static const kernel *select_kernel(const fp8gemm_bundle *b, const char *op, int64_t m, int64_t n, int64_t k,
+                                   int64_t groups, fp8gemm_status *st) {
+    int i, j;
+    for (i = 0; i < b->nproblems; i++) {
+        const problem *p = &b->problems[i];
+        if (strcmp(p->op, op) || p->n != n || p->k != k || (!p->ranges && p->groups != groups))
+            continue;
+        if (!p->ranges)
+            return &b->kernels[p->kernel];
+        for (j = 0; j < p->ranges->n; j++) {   /* [m_lo, m_hi, kernel]; past the last: its kernel */
+            const jv *r = &p->ranges->items[j];
+            if (r->t != J_ARR || r->n != 3)
+                break;
+            if (m <= (int64_t)r->items[1].num || j == p->ranges->n - 1) {
+                int idx = (int)r->items[2].num;
+                if (idx >= 0 && idx < b->nkernels)
+                    return &b->kernels[idx];
+            }
+        }
+    }
+    fail(st, FP8GEMM_ERROR_NO_KERNEL, "the bundle has no %s kernel for N=%lld K=%lld groups=%lld (export it)", op,
+         (long long)n, (long long)k, (long long)groups);
+    return NULL;
+}
+
+static CUtensorMapDataType map_dtype(const char *t, int *ok_) {
+    *ok_ = 1;
+    if (!strcmp(t, "uint8") || !strcmp(t, "float8_e4m3fn"))
+        return CU_TENSOR_MAP_DATA_TYPE_UINT8;
+    if (!strcmp(t, "bfloat16"))
+        return CU_TENSOR_MAP_DATA_TYPE_BFLOAT16;
+    if (!strcmp(t, "float32"))
+        return CU_TENSOR_MAP_DATA_TYPE_FLOAT32;
+    *ok_ = 0;
+    return CU_TENSOR_MAP_DATA_TYPE_UINT8;
+}
+
+static CUtensorMapSwizzle map_swizzle(int64_t bytes) {
+    return bytes == 128 ? CU_TENSOR_MAP_SWIZZLE_128B
+         : bytes == 64  ? CU_TENSOR_MAP_SWIZZLE_64B
+         : bytes == 32  ? CU_TENSOR_MAP_SWIZZLE_32B
+                        : CU_TENSOR_MAP_SWIZZLE_NONE;
+}
+
+static int encode_map(const fp8gemm_bundle *b, const kernel *kr, const jv *map, CUdeviceptr ptr, const int64_t *vals,
+                      CUtensorMap *out, fp8gemm_status *st) {
+    const jv *dims = j_get(map, "dims"), *strides = j_get(map, "strides"), *box = j_get(map, "box");
+    const char *dtype = j_str(map, "dtype");
+    cuuint64_t gdim[MAX_RANK], gstride[MAX_RANK];
+    cuuint32_t bdim[MAX_RANK], estride[MAX_RANK];
+    int64_t v, swz = 0;
+    int i, rank, good;
+    CUtensorMapDataType dt;
+    CUresult r;
+    if (!dims || !strides || !box || !dtype || dims->t != J_ARR || dims->n > MAX_RANK || box->n != dims->n ||
+        strides->n != dims->n - 1)
+        return fail(st, FP8GEMM_ERROR_BUNDLE, "%s: a malformed tensor map", kr->name);
+    rank = dims->n;
+    for (i = 0; i < rank; i++) {
+        if (eval_item(&dims->items[i], vals, &v, st))
+            return st ? st->code : FP8GEMM_ERROR_BUNDLE;
+        gdim[i] = (cuuint64_t)v;
+        if (eval_item(&box->items[i], vals, &v, st))
+            return st ? st->code : FP8GEMM_ERROR_BUNDLE;
+        bdim[i] = (cuuint32_t)v;
+        estride[i] = 1;
+        if (i + 1 < rank) {
+            if (eval_item(&strides->items[i], vals, &v, st))
+                return st ? st->code : FP8GEMM_ERROR_BUNDLE;
+            gstride[i] = (cuuint64_t)v;
+        }
+    }
+    j_int(map, "swizzle", &swz);
+    dt = map_dtype(dtype, &good);
+    if (!good)
+        return fail(st, FP8GEMM_ERROR_BUNDLE, "%s: tensor map element type %s", kr->name, dtype);
+    r = b->drv.TensorMapEncodeTiled(out, dt, (cuuint32_t)rank, (void *)(uintptr_t)ptr, gdim, gstride, bdim, estride,
+                                    CU_TENSOR_MAP_INTERLEAVE_NONE, map_swizzle(swz), CU_TENSOR_MAP_L2_PROMOTION_L2_256B,
+                                    CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE);
+    if (r != CUDA_SUCCESS)
+        return cuda_fail(&b->drv, st, "cuTensorMapEncodeTiled", r, j_str(map, "array") ? j_str(map, "array") : "?");
+    return FP8GEMM_OK;
+}
+
+static int launch(const fp8gemm_bundle *b, const kernel *kr, int64_t *vals, const CUdeviceptr *arrays,
+                  CUstream stream, fp8gemm_status *st) {
+    /* per-call parameter storage on the stack: threads never share it */
+    union {
+        CUtensorMap map;
+        uint64_t u64;
+        uint32_t u32;
+    } storage[MAX_PARAMS];
+    void *ptrs[MAX_PARAMS];
+    CUlaunchConfig cfg;
+    CUlaunchAttribute attr;
+    int64_t units, clusters, v;
+    int i, rc;
+    CUresult r;
+    vals[V_BLOCK_M] = kr->block_m;
+    vals[V_BLOCK_N] = kr->block_n;
+    for (i = 0; i < kr->nparams; i++) {
+        const param *p = &kr->params[i];
+        ptrs[i] = &storage[i];
+        if (p->type == 0) {
+            if ((rc = encode_map(b, kr, p->map, arrays[p->array], vals, &storage[i].map, st)) != FP8GEMM_OK)
+                return rc;
+        } else if (p->type == 1) {
+            storage[i].u64 = p->array == A_DEBUG ? 0 : (uint64_t)arrays[p->array];
+        } else {
+            if ((rc = eval_item(p->value, vals, &v, st)) != FP8GEMM_OK)
+                return rc;
+            storage[i].u32 = (uint32_t)v;
+        }
+    }
+    if ((rc = eval_item(kr->units, vals, &units, st)) != FP8GEMM_OK)
+        return rc;
+    clusters = b->num_sms / kr->cluster;
+    if (units < clusters)
+        clusters = units;
+    if (kr->max_clusters > 0 && clusters > kr->max_clusters)
+        clusters = kr->max_clusters;
+    if (clusters < 1)
+        clusters = 1;
+    memset(&cfg, 0, sizeof cfg);
+    memset(&attr, 0, sizeof attr);
+    cfg.gridDimX = (unsigned)(clusters * kr->cluster);
+    cfg.gridDimY = cfg.gridDimZ = 1;
+    cfg.blockDimX = (unsigned)kr->threads;
+    cfg.blockDimY = cfg.blockDimZ = 1;
+    cfg.sharedMemBytes = (unsigned)kr->smem;
+    cfg.hStream = stream;
+    if (kr->cluster > 1) {
+        attr.id = CU_LAUNCH_ATTRIBUTE_CLUSTER_DIMENSION;
+        attr.value.clusterDim.x = (unsigned)kr->cluster;
+        attr.value.clusterDim.y = attr.value.clusterDim.z = 1;
+        cfg.attrs = &attr;
+        cfg.numAttrs = 1;
+    }
+    if ((r = b->drv.LaunchKernelEx(&cfg, kr->fn, ptrs, NULL)) != CUDA_SUCCESS)
+        return cuda_fail(&b->drv, st, "cuLaunchKernelEx", r, kr->name);
+    return ok(st);
+}
+
+/* ---- argument checks (the Python API's rules) ------------------------------------------------ */
+static int check_shape(fp8gemm_status *st, const char *who, int64_t m, int64_t n, int64_t k, int64_t groups) {
+    if (m < 1 || n < 1 || k < 1 || groups < 1)
+        return fail(st, FP8GEMM_ERROR_ARGUMENT, "%s: m, n, k and groups must be positive (got %lld, %lld, %lld, %lld)",
+                    who, (long long)m, (long long)n, (long long)k, (long long)groups);
+    if (n % 8)
+        return fail(st, FP8GEMM_ERROR_ARGUMENT, "%s: n = %lld must be a multiple of 8 (16-byte rows of bf16 D)", who,
+                    (long long)n);
+    if (k % 16)
+        return fail(st, FP8GEMM_ERROR_ARGUMENT, "%s: k = %lld must be a multiple of 16 (16-byte rows of e4m3 A, B)",
+                    who, (long long)k);
+    return FP8GEMM_OK;
+}
+
+static int check_stride(fp8gemm_status *st, const char *who, const char *name, int64_t *s, int64_t dflt,
+                        int64_t least, int itemsize) {
+    if (*s == 0)
+        *s = dflt;
+    if (*s < least)
+        return fail(st, FP8GEMM_ERROR_ARGUMENT, "%s: %s = %lld is smaller than %lld", who, name, (long long)*s,
+                    (long long)least);
+    if ((*s * itemsize) % 16)
+        return fail(st, FP8GEMM_ERROR_ARGUMENT, "%s: %s = %lld elements is not a multiple of 16 bytes", who, name,
+                    (long long)*s);
+    return FP8GEMM_OK;
+}
+
+static int check_pointer(fp8gemm_status *st, const char *who, const char *name, CUdeviceptr p, unsigned align) {
+    if (!p)
+        return fail(st, FP8GEMM_ERROR_ARGUMENT, "%s: %s is NULL", who, name);
+    if (p % align)
+        return fail(st, FP8GEMM_ERROR_ARGUMENT, "%s: %s = 0x%llx is not %u-byte aligned", who, name,
+                    (unsigned long long)p, align);
+    return FP8GEMM_OK;
+}
+
+/* the five arrays every GEMM takes: TMA-read rows and scales 16-byte aligned, B scales 4 */
+static int check_operands(fp8gemm_status *st, const char *who, CUdeviceptr a, CUdeviceptr a_scales, CUdeviceptr b,
+                          CUdeviceptr b_scales, CUdeviceptr out) {
+    int rc;
+    if ((rc = check_pointer(st, who, "a", a, 16)) || (rc = check_pointer(st, who, "a_scales", a_scales, 16)) ||
+        (rc = check_pointer(st, who, "b", b, 16)) || (rc = check_pointer(st, who, "b_scales", b_scales, 4)) ||
+        (rc = check_pointer(st, who, "out", out, 16)))
+        return rc;
+    return FP8GEMM_OK;
+}
+
+#define TRY(x)                             \
+    do {                                   \
+        int rc_ = (x);                     \
+        if (rc_ != FP8GEMM_OK)             \
+            return rc_;                    \
+    } while (0)
+
+int fp8gemm_gemm(const fp8gemm_bundle *b, int64_t m, int64_t n, int64_t k, CUdeviceptr a, int64_t a_stride,
+                 CUdeviceptr a_scales, int64_t sfa_stride, CUdeviceptr bb, int64_t b_stride, CUdeviceptr b_scales,
+                 CUdeviceptr out, int64_t out_stride, CUstream stream, fp8gemm_status *st) {
+    const char *who = "fp8gemm_gemm";
+    int64_t vals[V_COUNT] = {0};
+    CUdeviceptr arrays[A_COUNT] = {0};
+    const kernel *kr;
+    if (!b)
+        return fail(st, FP8GEMM_ERROR_ARGUMENT, "%s: bundle is NULL", who);
+    TRY(check_shape(st, who, m, n, k, 1));
+    TRY(check_stride(st, who, "a_stride", &a_stride, k, k, 1));
+    TRY(check_stride(st, who, "b_stride", &b_stride, k, k, 1));
+    TRY(check_stride(st, who, "out_stride", &out_stride, n, n, 2));
+    TRY(check_stride(st, who, "sfa_stride", &sfa_stride, (m + 3) / 4 * 4, m, 4));
+    TRY(check_operands(st, who, a, a_scales, bb, b_scales, out));
+    if (!(kr = select_kernel(b, "gemm", m, n, k, 1, st)))
+        return FP8GEMM_ERROR_NO_KERNEL;
+    vals[V_M] = m, vals[V_N] = n, vals[V_K] = k, vals[V_GROUPS] = 1, vals[V_KB] = (k + 127) / 128;
+    vals[V_A_STRIDE] = a_stride, vals[V_B_STRIDE] = b_stride, vals[V_OUT_STRIDE] = out_stride;
+    vals[V_SFA_STRIDE] = sfa_stride;
+    arrays[A_A] = a, arrays[A_A_SCALES] = a_scales, arrays[A_B] = bb, arrays[A_B_SCALES] = b_scales;
+    arrays[A_OUT] = out;
+    return launch(b, kr, vals, arrays, stream, st);
+}
+
+int fp8gemm_m_grouped_contiguous(const fp8gemm_bundle *b, int64_t m_sum, int64_t n, int64_t k, int64_t groups,
+                                 CUdeviceptr a, int64_t a_stride, CUdeviceptr a_scales, int64_t sfa_stride,
+                                 CUdeviceptr bb, int64_t b_stride, int64_t b_group_stride, CUdeviceptr b_scales,
+                                 CUdeviceptr out, int64_t out_stride, CUdeviceptr layout, int group_ends,
+                                 CUstream stream, fp8gemm_status *st) {
+    const char *who = "fp8gemm_m_grouped_contiguous";
+    int64_t vals[V_COUNT] = {0};
+    CUdeviceptr arrays[A_COUNT] = {0};
+    const kernel *kr;
+    if (!b)
+        return fail(st, FP8GEMM_ERROR_ARGUMENT, "%s: bundle is NULL", who);
+    TRY(check_shape(st, who, m_sum, n, k, groups));
+    TRY(check_stride(st, who, "a_stride", &a_stride, k, k, 1));
+    TRY(check_stride(st, who, "b_stride", &b_stride, k, k, 1));
+    TRY(check_stride(st, who, "b_group_stride", &b_group_stride, n * b_stride, groups > 1 ? n * b_stride : 0, 1));
+    TRY(check_stride(st, who, "out_stride", &out_stride, n, n, 2));
+    TRY(check_stride(st, who, "sfa_stride", &sfa_stride, (m_sum + 3) / 4 * 4, m_sum, 4));
+    TRY(check_operands(st, who, a, a_scales, bb, b_scales, out));
+    TRY(check_pointer(st, who, group_ends ? "group_ends" : "m_indices", layout, 4));
+    kr = select_kernel(b, group_ends ? "m_grouped_contiguous_psum" : "m_grouped_contiguous", m_sum, n, k, groups, st);
+    if (!kr)
+        return FP8GEMM_ERROR_NO_KERNEL;
+    vals[V_M] = m_sum, vals[V_N] = n, vals[V_K] = k, vals[V_GROUPS] = groups, vals[V_KB] = (k + 127) / 128;
+    vals[V_A_STRIDE] = a_stride, vals[V_B_STRIDE] = b_stride, vals[V_B_GROUP_STRIDE] = b_group_stride;
+    vals[V_OUT_STRIDE] = out_stride, vals[V_SFA_STRIDE] = sfa_stride;
+    arrays[A_A] = a, arrays[A_A_SCALES] = a_scales, arrays[A_B] = bb, arrays[A_B_SCALES] = b_scales;
+    arrays[A_OUT] = out, arrays[A_LAYOUT] = layout;
+    return launch(b, kr, vals, arrays, stream, st);
+}
+
+int fp8gemm_m_grouped_masked(const fp8gemm_bundle *b, int64_t m_max, int64_t n, int64_t k, int64_t groups,
+                             CUdeviceptr a, int64_t a_stride, int64_t a_group_stride, CUdeviceptr a_scales,
+                             int64_t sfa_stride, int64_t sfa_group_stride, CUdeviceptr bb, int64_t b_stride,
+                             int64_t b_group_stride, CUdeviceptr b_scales, CUdeviceptr out, int64_t out_stride,
+                             int64_t out_group_stride, CUdeviceptr masked_m, CUstream stream, fp8gemm_status *st) {
+    const char *who = "fp8gemm_m_grouped_masked";
+    int64_t vals[V_COUNT] = {0};
+    CUdeviceptr arrays[A_COUNT] = {0};
+    const kernel *kr;
+    int64_t kb = (k + 127) / 128, many;
+    if (!b)
+        return fail(st, FP8GEMM_ERROR_ARGUMENT, "%s: bundle is NULL", who);
+    TRY(check_shape(st, who, m_max, n, k, groups));
+    many = groups > 1;
+    TRY(check_stride(st, who, "a_stride", &a_stride, k, k, 1));
+    TRY(check_stride(st, who, "b_stride", &b_stride, k, k, 1));
+    TRY(check_stride(st, who, "out_stride", &out_stride, n, n, 2));
+    TRY(check_stride(st, who, "sfa_stride", &sfa_stride, (m_max + 3) / 4 * 4, m_max, 4));
+    TRY(check_stride(st, who, "a_group_stride", &a_group_stride, m_max * a_stride, many ? m_max * a_stride : 0, 1));
+    TRY(check_stride(st, who, "b_group_stride", &b_group_stride, n * b_stride, many ? n * b_stride : 0, 1));
+    TRY(check_stride(st, who, "out_group_stride", &out_group_stride, m_max * out_stride,
+                     many ? m_max * out_stride : 0, 2));
+    TRY(check_stride(st, who, "sfa_group_stride", &sfa_group_stride, kb * sfa_stride, many ? kb * sfa_stride : 0, 4));
+    TRY(check_operands(st, who, a, a_scales, bb, b_scales, out));
+    TRY(check_pointer(st, who, "masked_m", masked_m, 4));
+    if (!(kr = select_kernel(b, "m_grouped_masked", m_max, n, k, groups, st)))
+        return FP8GEMM_ERROR_NO_KERNEL;
+    vals[V_M] = m_max, vals[V_N] = n, vals[V_K] = k, vals[V_GROUPS] = groups, vals[V_KB] = kb;
+    vals[V_A_STRIDE] = a_stride, vals[V_B_STRIDE] = b_stride, vals[V_OUT_STRIDE] = out_stride;
+    vals[V_SFA_STRIDE] = sfa_stride, vals[V_A_GROUP_STRIDE] = a_group_stride;
+    vals[V_B_GROUP_STRIDE] = b_group_stride, vals[V_OUT_GROUP_STRIDE] = out_group_stride;
+    vals[V_SFA_GROUP_STRIDE] = sfa_group_stride;
+    arrays[A_A] = a, arrays[A_A_SCALES] = a_scales, arrays[A_B] = bb, arrays[A_B_SCALES] = b_scales;
+    arrays[A_OUT] = out, arrays[A_LAYOUT] = masked_m;
+    return launch(b, kr, vals, arrays, stream, st);
+}

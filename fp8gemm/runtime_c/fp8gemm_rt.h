@@ -1,0 +1,82 @@
+/* fp8gemm C runtime: launch the kernels of an exported bundle on device pointers, no Python.
+ *
+ * Build: cc -std=c99 -O2 -I<dir of cuda.h> -c fp8gemm_rt.c   (link with -ldl; libcuda is opened
+ * at run time with dlopen, so nothing links against it). Export a bundle with
+ *     python -m fp8gemm export BUNDLE --gemm 7168x2048:4096 --masked 8x4096x7168:256
+ * then fp8gemm_bundle_load(BUNDLE, ...) in a thread whose current CUDA context is the one the
+ * kernels should run in (the device's primary context, as torch/JAX/CuPy use).
+ *
+ * Layouts are those of the Python API: A [M, K] e4m3 rows (stride a_stride elements), A scales
+ * float32 MN-major (element (m, kb) at a_scales[kb * sfa_stride + m], sfa_stride >= M, % 4 == 0),
+ * B [N, K] e4m3 rows, B scales float32 row-major [ceil(N/128), ceil(K/128)], D [M, N] bf16 rows.
+ * A stride of 0 means the default (the row width; sfa_stride: M rounded up to 4).
+ * Every call returns FP8GEMM_OK or an error code; when `status` is not NULL it also holds a
+ * message naming the argument or the driver call. Calls allocate nothing, never synchronise,
+ * and may be made from several threads at once on one bundle.
+ */
+#ifndef FP8GEMM_RT_H
+#define FP8GEMM_RT_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include <cuda.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+enum {
+    FP8GEMM_OK = 0,
+    FP8GEMM_ERROR_ARGUMENT = 1,     /* a bad argument: the message names it */
+    FP8GEMM_ERROR_NO_KERNEL = 2,    /* the bundle has no kernel for this problem */
+    FP8GEMM_ERROR_BUNDLE = 3,       /* the bundle folder or its manifest is unusable */
+    FP8GEMM_ERROR_CUDA = 4          /* a driver call failed: the message names it */
+};
+
+typedef struct {
+    int code;
+    char message[512];
+} fp8gemm_status;
+
+typedef struct fp8gemm_bundle fp8gemm_bundle;
+
+int fp8gemm_bundle_load(const char *folder, fp8gemm_bundle **out, fp8gemm_status *status);
+void fp8gemm_bundle_free(fp8gemm_bundle *bundle);
+/* kernels and problems in the bundle (for logging) */
+int fp8gemm_bundle_kernels(const fp8gemm_bundle *bundle);
+int fp8gemm_bundle_problems(const fp8gemm_bundle *bundle);
+
+/* D[M, N] = A[M, K] . B[N, K]^T with 1x128 / 128x128 scaling. */
+int fp8gemm_gemm(const fp8gemm_bundle *bundle, int64_t m, int64_t n, int64_t k,
+                 CUdeviceptr a, int64_t a_stride, CUdeviceptr a_scales, int64_t sfa_stride,
+                 CUdeviceptr b, int64_t b_stride, CUdeviceptr b_scales,
+                 CUdeviceptr out, int64_t out_stride, CUstream stream, fp8gemm_status *status);
+
+/* Grouped along M, rows of all groups concatenated: A [M_sum, K], D [M_sum, N], B [G, N, K]
+ * (groups b_group_stride elements apart, 0 = N * b_stride), B scales [G, ceil(N/128), ceil(K/128)].
+ * `layout` is m_indices (int32 [M_sum], each row's group or -1) or, with group_ends != 0,
+ * int32 [G] group ends (the psum form). */
+int fp8gemm_m_grouped_contiguous(const fp8gemm_bundle *bundle, int64_t m_sum, int64_t n, int64_t k,
+                                 int64_t groups, CUdeviceptr a, int64_t a_stride, CUdeviceptr a_scales,
+                                 int64_t sfa_stride, CUdeviceptr b, int64_t b_stride, int64_t b_group_stride,
+                                 CUdeviceptr b_scales, CUdeviceptr out, int64_t out_stride,
+                                 CUdeviceptr layout, int group_ends, CUstream stream, fp8gemm_status *status);
+
+/* Masked: A [G, M_max, K], A scales [G, M_max, ceil(K/128)] MN-major per group (group stride
+ * sfa_group_stride, 0 = ceil(K/128) * sfa_stride), D [G, M_max, N]; masked_m int32 [G] on the
+ * device. Group strides of 0 take the packed defaults. */
+int fp8gemm_m_grouped_masked(const fp8gemm_bundle *bundle, int64_t m_max, int64_t n, int64_t k, int64_t groups,
+                             CUdeviceptr a, int64_t a_stride, int64_t a_group_stride,
+                             CUdeviceptr a_scales, int64_t sfa_stride, int64_t sfa_group_stride,
+                             CUdeviceptr b, int64_t b_stride, int64_t b_group_stride, CUdeviceptr b_scales,
+                             CUdeviceptr out, int64_t out_stride, int64_t out_group_stride,
+                             CUdeviceptr masked_m, CUstream stream, fp8gemm_status *status);
+
+/* Evaluate a manifest size expression (tests and tools): FP8GEMM_OK and *out, or an error. */
+int fp8gemm_eval_expression(const char *expr, const char *const *names, const int64_t *values, int count,
+                            int64_t *out, fp8gemm_status *status);
+
+#ifdef __cplusplus
+}
+#endif
+#endif /* FP8GEMM_RT_H */

@@ -1,0 +1,175 @@
+"""The exported bundle through the C runtime on the GPU (built here as a shared library and
+called with ctypes): dense, contiguous and masked results bit-identical to the Python path,
+and calls from 8 threads at once."""
+from __future__ import annotations
+
+import ctypes
+import shutil
+import subprocess
+import threading
+
+import pytest
+
+from test_export_cpu import INCLUDE
+
+pytestmark = pytest.mark.gpu
+CC = shutil.which("cc") or shutil.which("gcc")
+
+
+class Status(ctypes.Structure):
+    _fields_ = [("code", ctypes.c_int), ("message", ctypes.c_char * 512)]
+
+
+@pytest.fixture(scope="module")
+def torch():
+    return pytest.importorskip("torch")
+
+
+@pytest.fixture(scope="module")
+def rt(tmp_path_factory, torch):
+    if CC is None or INCLUDE is None:
+        pytest.skip("needs a C compiler and a cuda.h")
+    import fp8gemm
+    folder = tmp_path_factory.mktemp("bundle")
+    fp8gemm.export(folder, gemm=[(512, 640, 300)], contiguous=[(3, 384, 512, 150)], masked=[(4, 256, 768, 90)])
+    lib = folder / "libfp8gemm_rt.so"
+    r = subprocess.run([CC, "-std=c99", "-O2", "-shared", "-fPIC", f"-I{INCLUDE}", str(folder / "runtime" / "fp8gemm_rt.c"),
+                        "-ldl", "-o", str(lib)], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    so = ctypes.CDLL(str(lib))
+    i64, ptr = ctypes.c_int64, ctypes.c_uint64
+    so.fp8gemm_bundle_load.argtypes = [ctypes.c_char_p, ctypes.POINTER(ctypes.c_void_p), ctypes.POINTER(Status)]
+    so.fp8gemm_gemm.argtypes = [ctypes.c_void_p, i64, i64, i64, ptr, i64, ptr, i64, ptr, i64, ptr, ptr, i64,
+                                ctypes.c_void_p, ctypes.POINTER(Status)]
+    so.fp8gemm_m_grouped_contiguous.argtypes = [ctypes.c_void_p, i64, i64, i64, i64, ptr, i64, ptr, i64, ptr, i64, i64,
+                                                ptr, ptr, i64, ptr, ctypes.c_int, ctypes.c_void_p,
+                                                ctypes.POINTER(Status)]
+    so.fp8gemm_m_grouped_masked.argtypes = [ctypes.c_void_p, i64, i64, i64, i64, ptr, i64, i64, ptr, i64, i64, ptr,
+                                            i64, i64, ptr, ptr, i64, i64, ptr, ctypes.c_void_p, ctypes.POINTER(Status)]
+    torch.zeros(1, device="cuda")          # make the primary context current in this thread
+    handle, st = ctypes.c_void_p(), Status()
+    rc = so.fp8gemm_bundle_load(str(folder).encode(), ctypes.byref(handle), ctypes.byref(st))
+    assert rc == 0, st.message.decode()
+    return so, handle
+
+
+def _check(rc, st):
+    assert rc == 0, st.message.decode()
+
+
+def _quant(torch, m, n, k, seed, groups=None):
+    import fp8gemm
+    g = torch.Generator(device="cuda").manual_seed(seed)
+    a = torch.randn((m, k), device="cuda", generator=g).to(torch.bfloat16)
+    aq, sa = fp8gemm.per_token_cast_to_fp8(a)
+    if groups is None:
+        bq, sb = fp8gemm.per_block_cast_to_fp8(torch.randn((n, k), device="cuda", generator=g).to(torch.bfloat16))
+    else:
+        bq = torch.empty((groups, n, k), device="cuda", dtype=torch.float8_e4m3fn)
+        sb = torch.empty((groups, -(-n // 128), -(-k // 128)), device="cuda")
+        for i in range(groups):
+            fp8gemm.per_block_cast_to_fp8(torch.randn((n, k), device="cuda", generator=g).to(torch.bfloat16),
+                                          out=(bq[i], sb[i]))
+    return aq, sa, bq, sb
+
+
+@pytest.mark.parametrize("m", [1, 64, 129, 300, 700])
+def test_dense_bit_identical_to_python(torch, rt, m):
+    import fp8gemm
+    so, h = rt
+    n, k = 512, 640
+    aq, sa, bq, sb = _quant(torch, m, n, k, seed=m)
+    want = torch.empty((m, n), device="cuda", dtype=torch.bfloat16)
+    fp8gemm.gemm_fp8_fp8_bf16_nt((aq, sa), (bq, sb), want)
+    got = torch.full((m, n), float("nan"), device="cuda", dtype=torch.bfloat16)
+    st = Status()
+    _check(so.fp8gemm_gemm(h, m, n, k, aq.data_ptr(), 0, sa.data_ptr(), sa.stride(1) if sa.shape[1] > 1 else 0,
+                           bq.data_ptr(), 0, sb.data_ptr(), got.data_ptr(), 0,
+                           torch.cuda.current_stream().cuda_stream, ctypes.byref(st)), st)
+    torch.cuda.synchronize()
+    assert torch.equal(got.view(torch.int16), want.view(torch.int16))
+
+
+def test_grouped_bit_identical_to_python(torch, rt):
+    import fp8gemm
+    so, h = rt
+    st = Status()
+    stream = torch.cuda.current_stream().cuda_stream
+    # contiguous: 3 groups of 130, 0, 90 rows (padded to 128)
+    n, k, g = 384, 512, 3
+    idx = [0] * 130 + [-1] * 126 + [2] * 90 + [-1] * 38
+    aq, sa, bq, sb = _quant(torch, len(idx), n, k, seed=7, groups=g)
+    mi = torch.tensor(idx, dtype=torch.int32, device="cuda")
+    want = torch.zeros((len(idx), n), device="cuda", dtype=torch.bfloat16)
+    got = torch.zeros_like(want)
+    fp8gemm.m_grouped_gemm_fp8_fp8_bf16_nt_contiguous((aq, sa), (bq, sb), want, mi)
+    _check(so.fp8gemm_m_grouped_contiguous(h, len(idx), n, k, g, aq.data_ptr(), 0, sa.data_ptr(), sa.stride(1),
+                                           bq.data_ptr(), 0, 0, sb.data_ptr(), got.data_ptr(), 0, mi.data_ptr(), 0,
+                                           stream, ctypes.byref(st)), st)
+    torch.cuda.synchronize()
+    valid = mi >= 0
+    assert torch.equal(got[valid].view(torch.int16), want[valid].view(torch.int16))
+    # masked: 4 groups, M_max 200
+    n, k, g, m_max = 256, 768, 4, 200
+    _, _, bq2, sb2 = _quant(torch, 1, n, k, seed=8, groups=g)
+    kb, s = -(-k // 128), fp8gemm.get_tma_aligned_size(m_max)
+    a_bf = torch.randn((g, m_max, k), device="cuda").to(torch.bfloat16)
+    aq3 = torch.empty((g, m_max, k), device="cuda", dtype=torch.float8_e4m3fn)
+    sa3 = torch.empty((g, kb, s), device="cuda").transpose(1, 2)[:, :m_max]
+    for i in range(g):
+        fp8gemm.per_token_cast_to_fp8(a_bf[i], out=(aq3[i], sa3[i]))
+    mm = torch.tensor([0, 1, 200, 77], dtype=torch.int32, device="cuda")
+    want = torch.zeros((g, m_max, n), device="cuda", dtype=torch.bfloat16)
+    got = torch.zeros_like(want)
+    fp8gemm.m_grouped_gemm_fp8_fp8_bf16_nt_masked((aq3, sa3), (bq2, sb2), want, mm, 90)
+    _check(so.fp8gemm_m_grouped_masked(h, m_max, n, k, g, aq3.data_ptr(), 0, 0, sa3.data_ptr(), s, kb * s,
+                                       bq2.data_ptr(), 0, 0, sb2.data_ptr(), got.data_ptr(), 0, 0, mm.data_ptr(),
+                                       stream, ctypes.byref(st)), st)
+    torch.cuda.synchronize()
+    for i, r in enumerate(mm.tolist()):
+        assert torch.equal(got[i, :r].view(torch.int16), want[i, :r].view(torch.int16)), i
+
+
+def test_bad_arguments_and_missing_kernels_are_error_codes(torch, rt):
+    so, h = rt
+    st = Status()
+    rc = so.fp8gemm_gemm(h, 64, 500, 640, 256, 0, 256, 0, 256, 0, 256, 256, 0, None, ctypes.byref(st))
+    assert rc == 1 and b"multiple of 8" in st.message
+    rc = so.fp8gemm_gemm(h, 64, 1024, 640, 256, 0, 256, 0, 256, 0, 256, 256, 0, None, ctypes.byref(st))
+    assert rc == 2 and b"no gemm kernel" in st.message
+
+
+def test_eight_threads_at_once(torch, rt):
+    import fp8gemm
+    so, h = rt
+    m, n, k = 256, 512, 640
+    inputs = [_quant(torch, m, n, k, seed=100 + t) for t in range(8)]
+    wants = []
+    for aq, sa, bq, sb in inputs:
+        w = torch.empty((m, n), device="cuda", dtype=torch.bfloat16)
+        fp8gemm.gemm_fp8_fp8_bf16_nt((aq, sa), (bq, sb), w)
+        wants.append(w)
+    torch.cuda.synchronize()
+    bad, barrier = [], threading.Barrier(8)
+
+    def body(t):
+        aq, sa, bq, sb = inputs[t]
+        stream = torch.cuda.Stream()
+        outs = [torch.empty((m, n), device="cuda", dtype=torch.bfloat16) for _ in range(20)]
+        st = Status()
+        barrier.wait()
+        for o in outs:
+            rc = so.fp8gemm_gemm(h, m, n, k, aq.data_ptr(), 0, sa.data_ptr(), sa.stride(1), bq.data_ptr(), 0,
+                                 sb.data_ptr(), o.data_ptr(), 0, stream.cuda_stream, ctypes.byref(st))
+            if rc:
+                bad.append((t, st.message))
+        stream.synchronize()
+        bad.extend((t, i) for i, o in enumerate(outs) if not torch.equal(o.view(torch.int16),
+                                                                        wants[t].view(torch.int16)))
+
+    threads = [threading.Thread(target=body, args=(t,)) for t in range(8)]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join()
+    assert not bad, bad[:5]
