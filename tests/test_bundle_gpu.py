@@ -173,3 +173,19 @@ def test_eight_threads_at_once(torch, rt):
     for th in threads:
         th.join()
     assert not bad, bad[:5]
+
+
+def test_c_example_builds_and_passes(tmp_path):
+    """examples/c: export its bundle, build with its Makefile, run it (no Python at run time)."""
+    import os
+    import sys
+    from test_export_cpu import ROOT
+    if CC is None or INCLUDE is None or shutil.which("make") is None:
+        pytest.skip("needs cc, make and a cuda.h")
+    work = tmp_path / "c"
+    shutil.copytree(ROOT / "examples" / "c", work)
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    r = subprocess.run(["make", f"CUDA_HOME={INCLUDE.parent}", f"PYTHON={sys.executable}", "run"], cwd=work,
+                       capture_output=True, text=True, env=env, timeout=600)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    assert "all ok" in r.stdout and "MISMATCH" not in r.stdout, r.stdout

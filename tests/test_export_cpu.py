@@ -179,3 +179,11 @@ def test_c_expression_evaluator_agrees_with_python(bundle, tmp_path):
     load = lines[len(expected)]
     # without a driver (CI) or without a current context (a GPU machine): a clear error, no crash
     assert load.startswith(("LOAD 4 cannot open libcuda.so.1", "LOAD 4 cuCtxGetDevice failed")), load
+
+
+@needs_cc
+def test_c_example_compiles_warning_free(tmp_path):
+    r = subprocess.run([CC, "-std=c99", "-Wall", "-Wextra", "-Werror", f"-I{INCLUDE}",
+                        f"-I{ROOT / 'fp8gemm' / 'runtime_c'}", "-c", str(ROOT / "examples" / "c" / "main.c"),
+                        "-o", str(tmp_path / "main.o")], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
