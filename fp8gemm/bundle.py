@@ -33,26 +33,38 @@ FORMAT, VERSION = "fp8gemm-bundle", 1
 ARGUMENTS = {"gemm": ("a", "a_scales", "b", "b_scales", "out"),
              "m_grouped_contiguous": ("a", "a_scales", "b", "b_scales", "out", "m_indices"),
              "m_grouped_contiguous_psum": ("a", "a_scales", "b", "b_scales", "out", "group_ends"),
-             "m_grouped_masked": ("a", "a_scales", "b", "b_scales", "out", "masked_m")}
+             "m_grouped_masked": ("a", "a_scales", "b", "b_scales", "out", "masked_m"),
+             "per_token_cast": ("x", "q", "scales"),
+             "per_block_cast": ("x", "q", "scales")}
 # problem values a runtime must supply (besides block_m / block_n, which the kernel fixes)
 VALUES = ("m", "n", "k", "groups", "kb", "a_stride", "b_stride", "out_stride", "sfa_stride", "a_group_stride",
-          "b_group_stride", "out_group_stride", "sfa_group_stride")
+          "b_group_stride", "out_group_stride", "sfa_group_stride", "x_stride", "q_stride", "s_stride")
+CAST_SOURCES = {"bfloat16": "bf16", "float32": "f32"}
 RUNTIME_FILES = ("fp8gemm_rt.h", "fp8gemm_rt.c")
 
 
+def _add_kernel(key, build, spec: dict, config: dict | None, kernels: dict, folder: Path) -> int:
+    """Compile a kernel once into the bundle (``build()`` makes it); its index in the manifest."""
+    if key not in kernels:
+        kern = build()
+        comp = jit.compile_ptx(kern.render(), kern.name)
+        (folder / "kernels").mkdir(parents=True, exist_ok=True)
+        (folder / "kernels" / f"{kern.name}.cubin").write_bytes(comp.cubin)
+        kernels[key] = {"index": len(kernels), "name": kern.name, "cubin": f"kernels/{kern.name}.cubin",
+                        "config": config, "spec": spec, "resources": dataclasses.asdict(comp.resources)}
+    return kernels[key]["index"]
+
+
 def _kernel_entry(cfg: GemmConfig, kernels: dict, folder: Path) -> int:
-    """Compile ``cfg`` once into the bundle; its index in the manifest's kernel list."""
-    if cfg in kernels:
-        return kernels[cfg]["index"]
-    kern = template.build(cfg)
-    comp = jit.compile_ptx(kern.render(), kern.name)
-    (folder / "kernels").mkdir(parents=True, exist_ok=True)
-    (folder / "kernels" / f"{kern.name}.cubin").write_bytes(comp.cubin)
-    spec = template.spec(cfg).to_dict()
-    kernels[cfg] = {"index": len(kernels), "name": kern.name, "cubin": f"kernels/{kern.name}.cubin",
-                    "config": dataclasses.asdict(cfg), "spec": spec,
-                    "resources": dataclasses.asdict(comp.resources)}
-    return kernels[cfg]["index"]
+    return _add_kernel(cfg, lambda: template.build(cfg), template.spec(cfg).to_dict(), dataclasses.asdict(cfg),
+                       kernels, folder)
+
+
+def _cast_entry(kind: str, src: str, kernels: dict, folder: Path) -> int:
+    from .ptx_templates import quant as qt
+    make = qt.per_token_kernel if kind == "token" else qt.per_block_kernel
+    return _add_kernel(("cast", kind, src), lambda: make(src), qt.cast_spec(kind, src).to_dict(), None,
+                       kernels, folder)
 
 
 def _m_ranges(n: int, k: int, max_m: int, num_sms: int, kernels: dict, folder: Path) -> list[list[int]]:
@@ -70,11 +82,12 @@ def _m_ranges(n: int, k: int, max_m: int, num_sms: int, kernels: dict, folder: P
 
 def export(folder: str | Path, *, gemm: Iterable[Sequence[int]] = (), contiguous: Iterable[Sequence[int]] = (),
            contiguous_psum: Iterable[Sequence[int]] = (), masked: Iterable[Sequence[int]] = (),
-           num_sms: int = 132, runtime: bool = True) -> dict:
+           casts: Iterable[str] = (), num_sms: int = 132, runtime: bool = True) -> dict:
     """Write a bundle for these problems into ``folder`` and return its manifest.
 
     ``gemm``: (N, K, max_M) -- kernels for every M in 1..max_M; ``contiguous`` /
-    ``contiguous_psum`` / ``masked``: (G, N, K, expected_rows_per_group). ``num_sms``: the SM
+    ``contiguous_psum`` / ``masked``: (G, N, K, expected_rows_per_group); ``casts``: source dtypes
+    ("bfloat16", "float32") whose per-token and per-block casts to include. ``num_sms``: the SM
     count the heuristic plans for (the runtime sizes grids with the device's own count).
     """
     from .checks import check_problem, positive_int
@@ -97,6 +110,12 @@ def export(folder: str | Path, *, gemm: Iterable[Sequence[int]] = (), contiguous
             problems.append({"op": op, "groups": g, "n": n, "k": k, "expected_m": expected,
                              "kernel": _kernel_entry(cfg, kernels, folder)})
     from . import __version__
+    for src in casts:
+        if src not in CAST_SOURCES:
+            raise ValueError(f"export: casts: source dtype must be one of {sorted(CAST_SOURCES)}, got {src!r}")
+        for kind in ("token", "block"):
+            problems.append({"op": f"per_{kind}_cast", "src": src,
+                             "kernel": _cast_entry(kind, CAST_SOURCES[src], kernels, folder)})
     manifest = {"format": FORMAT, "version": VERSION, "fp8gemm_version": __version__, "target": jit.TARGET,
                 "ptxas": jit.ptxas_version(jit.find_ptxas()[0]), "heuristic_num_sms": num_sms,
                 "arguments": {op: list(a) for op, a in ARGUMENTS.items()}, "values": list(VALUES),
@@ -141,8 +160,12 @@ def validate_manifest(manifest: dict, folder: str | Path | None = None) -> None:
         need(isinstance(e.get("name"), str) and e.get("cubin", "").endswith(".cubin"), "kernel name/cubin")
         if folder is not None:
             need((Path(folder) / e["cubin"]).is_file(), f"missing {e['cubin']}")
-        values = dict(probe, block_m=spec["block"]["block_m"], block_n=spec["block"]["block_n"])
-        need(evaluate(spec["units"], values) > 0, f"{e['name']}: units")
+        values = dict(probe, block_m=spec["block"].get("block_m", 64), block_n=spec["block"].get("block_n", 64))
+        if spec.get("grid_dims"):
+            need(len(spec["grid_dims"]) == 3 and all(evaluate(x, values) > 0 for x in spec["grid_dims"]),
+                 f"{e['name']}: grid_dims")
+        else:
+            need(evaluate(spec["units"], values) > 0, f"{e['name']}: units")
         maps = {t["param"]: t for t in spec["tensor_maps"]}
         for p in spec["params"]:
             sources = (p["type"] == "tmap") + (p["array"] is not None) + (p["value"] is not None)
@@ -154,7 +177,7 @@ def validate_manifest(manifest: dict, folder: str | Path | None = None) -> None:
                     evaluate(x, values)
             elif p["value"] is not None:
                 evaluate(p["value"], values)
-        need(spec["threads"] > 0 and spec["smem_bytes"] > 0 and len(spec["cluster"]) == 3, f"{e['name']}: launch")
+        need(spec["threads"] > 0 and spec["smem_bytes"] >= 0 and len(spec["cluster"]) == 3, f"{e['name']}: launch")
     for prob in manifest.get("problems", []):
         need(prob.get("op") in ARGUMENTS, f"unknown op {prob.get('op')!r}")
         if prob["op"] == "gemm":
@@ -184,11 +207,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--gemm", action="append", default=[], type=lambda t: nums(t, 3, "NxK:MAX_M"))
     for kind in ("contiguous", "contiguous-psum", "masked"):
         p.add_argument(f"--{kind}", action="append", default=[], type=lambda t: nums(t, 4, "GxNxK:EXPECTED_M"))
+    p.add_argument("--casts", action="append", default=[], choices=sorted(CAST_SOURCES),
+                   help="include the per-token and per-block casts from this source dtype")
     p.add_argument("--num-sms", type=int, default=132)
     a = p.parse_args(argv)
     try:
         man = export(a.folder, gemm=a.gemm, contiguous=a.contiguous, contiguous_psum=a.contiguous_psum,
-                     masked=a.masked, num_sms=a.num_sms)
+                     masked=a.masked, casts=a.casts, num_sms=a.num_sms)
     except (ValueError, TypeError) as e:
         p.error(str(e))
     print(f"{a.folder}: {len(man['kernels'])} kernels, {len(man['problems'])} problems "

@@ -6,6 +6,7 @@ Outputs are written directly in the layouts the GEMMs read: per-token scales MN-
 """
 from __future__ import annotations
 
+import functools
 import sys
 import threading
 from typing import Any
@@ -13,6 +14,7 @@ from typing import Any
 from . import arrays, launcher, runtime
 from .arrays import DeviceArray, View, as_view, check_dtype, check_rows, check_shape
 from .ptx_templates import quant as templates
+from .ptx_templates.spec import compiled
 from .reference import ceil_div, tma_aligned_size
 
 _SRC = {"bfloat16": "bf16", "float32": "f32"}
@@ -53,23 +55,31 @@ def _check_q(out: Any, name: str, shape) -> View:
     return v
 
 
-def _launch(kind: str, src: str, device: int, grid, params: list, stream: int) -> None:
-    make = templates.per_token_kernel if kind == "token" else templates.per_block_kernel
-    key = (kind, src, device, tuple(grid))
+def _launch(kind: str, src: str, device: int, values: dict, arrays: dict, stream: int) -> None:
+    """Launch a cast from its spec: the grid and every parameter come from the template's
+    contract (``cast_spec``), filled with this call's values and array addresses."""
+    spec = _spec(kind, src)
+    grid = tuple(compiled(x)(values) for x in spec.grid_dims)
+    key = (kind, src, device, grid)
     hit = _launches.get(key)
     if hit is None:
+        make = templates.per_token_kernel if kind == "token" else templates.per_block_kernel
         fn, _ = runtime.get_function(("quant", kind, src), lambda: make(src), device)
-        # parameters are copied at launch, so each thread reuses one pack per launch shape
-        hit = _launches[key] = (launcher.Launch(fn, grid, (templates.THREADS, 1, 1), 0, name=f"{kind} cast ({src})"),
-                                launcher.ParamPack(["u64", "u64", "u64", "u32", "u32", "u64", "u64", "u32"]))
+        hit = _launches[key] = (launcher.Launch(fn, grid, (spec.threads, 1, 1), spec.smem_bytes, name=spec.name),
+                                launcher.ParamPack([p.type for p in spec.params]))
     lc, template_pack = hit
     packs = _thread_packs.__dict__.setdefault("packs", {})   # one pack per thread: no shared writes
     pack = packs.get(key)
     if pack is None:
         pack = packs[key] = template_pack.copy()
-    for i, p in enumerate(params):
-        pack[i] = p
+    for i, p in enumerate(spec.params):
+        pack[i] = arrays[p.array] if p.array is not None else compiled(p.value)(values)
     lc(pack.address, stream)
+
+
+@functools.lru_cache(maxsize=None)
+def _spec(kind: str, src: str):
+    return templates.cast_spec(kind, src)
 
 
 def per_token_cast_to_fp8(x: Any, out: tuple | None = None, stream: Any = None):
@@ -99,11 +109,10 @@ def per_token_cast_to_fp8(x: Any, out: tuple | None = None, stream: Any = None):
         return q, s
     launcher.context_for(device)
     st = arrays.resolve_stream(stream, [xv], device)
-    chunk = templates.TOKEN_UNROLL * 32 * (16 // templates.ITEMSIZE[_SRC[xv.dtype]])
-    grid = (ceil_div(k, chunk), ceil_div(m, templates.THREADS // 32), 1)
     s_stride = sv.strides[1] if kb > 1 else am
-    _launch("token", _SRC[xv.dtype], device, grid,
-            [xv.ptr, qv.ptr, sv.ptr, m, k, xv.strides[0], qv.strides[0], s_stride], st)
+    _launch("token", _SRC[xv.dtype], device,
+            {"m": m, "k": k, "x_stride": xv.strides[0], "q_stride": qv.strides[0], "s_stride": s_stride},
+            {"x": xv.ptr, "q": qv.ptr, "scales": sv.ptr}, st)
     return q, s
 
 
@@ -129,6 +138,8 @@ def per_block_cast_to_fp8(x: Any, out: tuple | None = None, stream: Any = None):
         return q, s
     launcher.context_for(device)
     st = arrays.resolve_stream(stream, [xv], device)
-    _launch("block", _SRC[xv.dtype], device, (kb, nb, 1),
-            [xv.ptr, qv.ptr, sv.ptr, n, k, xv.strides[0], qv.strides[0], sv.strides[0] if nb > 1 else kb], st)
+    _launch("block", _SRC[xv.dtype], device,
+            {"m": n, "k": k, "x_stride": xv.strides[0], "q_stride": qv.strides[0],
+             "s_stride": sv.strides[0] if nb > 1 else kb},
+            {"x": xv.ptr, "q": qv.ptr, "scales": sv.ptr}, st)
     return q, s

@@ -31,7 +31,8 @@ def rt(tmp_path_factory, torch):
         pytest.skip("needs a C compiler and a cuda.h")
     import fp8gemm
     folder = tmp_path_factory.mktemp("bundle")
-    fp8gemm.export(folder, gemm=[(512, 640, 300)], contiguous=[(3, 384, 512, 150)], masked=[(4, 256, 768, 90)])
+    fp8gemm.export(folder, gemm=[(512, 640, 300)], contiguous=[(3, 384, 512, 150)], masked=[(4, 256, 768, 90)],
+                   casts=["bfloat16", "float32"])
     lib = folder / "libfp8gemm_rt.so"
     r = subprocess.run([CC, "-std=c99", "-O2", "-shared", "-fPIC", f"-I{INCLUDE}", str(folder / "runtime" / "fp8gemm_rt.c"),
                         "-ldl", "-o", str(lib)], capture_output=True, text=True)
@@ -46,6 +47,9 @@ def rt(tmp_path_factory, torch):
                                                 ctypes.POINTER(Status)]
     so.fp8gemm_m_grouped_masked.argtypes = [ctypes.c_void_p, i64, i64, i64, i64, ptr, i64, i64, ptr, i64, i64, ptr,
                                             i64, i64, ptr, ptr, i64, i64, ptr, ctypes.c_void_p, ctypes.POINTER(Status)]
+    for name in ("fp8gemm_per_token_cast", "fp8gemm_per_block_cast"):
+        getattr(so, name).argtypes = [ctypes.c_void_p, i64, i64, ctypes.c_int, ptr, i64, ptr, i64, ptr, i64,
+                                      ctypes.c_void_p, ctypes.POINTER(Status)]
     torch.zeros(1, device="cuda")          # make the primary context current in this thread
     handle, st = ctypes.c_void_p(), Status()
     rc = so.fp8gemm_bundle_load(str(folder).encode(), ctypes.byref(handle), ctypes.byref(st))
@@ -189,3 +193,26 @@ def test_c_example_builds_and_passes(tmp_path):
                        capture_output=True, text=True, env=env, timeout=600)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     assert "all ok" in r.stdout and "MISMATCH" not in r.stdout, r.stdout
+
+
+@pytest.mark.parametrize("src", ["bfloat16", "float32"])
+def test_casts_bit_identical_to_python(torch, rt, src):
+    import fp8gemm
+    so, h = rt
+    m, k = 333, 1040
+    x = (torch.randn((m, k), device="cuda") * 3).to(getattr(torch, src))
+    f32 = int(src == "float32")
+    st = Status()
+    stream = torch.cuda.current_stream().cuda_stream
+    q_want, s_want = fp8gemm.per_token_cast_to_fp8(x)
+    q = torch.empty_like(q_want)
+    s = torch.empty_like(s_want)             # same MN-major strides
+    _check(so.fp8gemm_per_token_cast(h, m, k, f32, x.data_ptr(), 0, q.data_ptr(), 0, s.data_ptr(), s.stride(1),
+                                     stream, ctypes.byref(st)), st)
+    qb_want, sb_want = fp8gemm.per_block_cast_to_fp8(x)
+    qb, sbk = torch.empty_like(qb_want), torch.empty_like(sb_want)
+    _check(so.fp8gemm_per_block_cast(h, m, k, f32, x.data_ptr(), 0, qb.data_ptr(), 0, sbk.data_ptr(), 0,
+                                     stream, ctypes.byref(st)), st)
+    torch.cuda.synchronize()
+    assert torch.equal(q.view(torch.uint8), q_want.view(torch.uint8)) and torch.equal(s, s_want)
+    assert torch.equal(qb.view(torch.uint8), qb_want.view(torch.uint8)) and torch.equal(sbk, sb_want)

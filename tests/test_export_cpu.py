@@ -19,6 +19,7 @@ import fp8gemm
 from fp8gemm import bundle as exp
 from fp8gemm.config import GemmConfig
 from fp8gemm.ptx_templates import gemm as template
+from fp8gemm.ptx_templates import quant as quant_templates
 from fp8gemm.ptx_templates.spec import evaluate
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -28,7 +29,8 @@ ROOT = Path(__file__).resolve().parents[1]
 def bundle(tmp_path_factory):
     folder = tmp_path_factory.mktemp("bundle")
     man = fp8gemm.export(folder, gemm=[(256, 512, 300)], contiguous=[(3, 256, 512, 200)],
-                         contiguous_psum=[(3, 256, 512, 200)], masked=[(4, 384, 256, 100)])
+                         contiguous_psum=[(3, 256, 512, 200)], masked=[(4, 384, 256, 100)],
+                         casts=["bfloat16", "float32"])
     return folder, man
 
 
@@ -39,10 +41,15 @@ def test_bundle_layout_and_schema(bundle):
     for e in man["kernels"]:
         cubin = (folder / e["cubin"]).read_bytes()
         assert cubin[:4] == b"\x7fELF" and e["name"].encode() in cubin
-        cfg = GemmConfig(**e["config"])
-        assert e["spec"] == json.loads(json.dumps(template.spec(cfg).to_dict()))   # the template's own spec
+        if e["config"] is None:          # a cast
+            kind, src = ("token" if "per_token" in e["name"] else "block"), e["name"].rsplit("_", 1)[1]
+            spec = quant_templates.cast_spec(kind, src)
+        else:
+            spec = template.spec(GemmConfig(**e["config"]))
+        assert e["spec"] == json.loads(json.dumps(spec.to_dict()))   # the template's own spec
     ops = [p["op"] for p in man["problems"]]
-    assert ops == ["gemm", "m_grouped_contiguous", "m_grouped_contiguous_psum", "m_grouped_masked"]
+    assert ops == ["gemm", "m_grouped_contiguous", "m_grouped_contiguous_psum", "m_grouped_masked",
+                   "per_token_cast", "per_block_cast", "per_token_cast", "per_block_cast"]
     assert sorted(p.name for p in (folder / "runtime").iterdir()) == ["fp8gemm_rt.c", "fp8gemm_rt.h"]
 
 
@@ -109,9 +116,7 @@ _PROBE = r'''
 #include "fp8gemm_rt.h"
 int main(int argc, char **argv) {
     /* argv[1]: a file of lines "expr<TAB>v0 v1 ... v14"; prints one value per line */
-    static const char *names[] = {"m", "n", "k", "groups", "kb", "a_stride", "b_stride", "out_stride",
-        "sfa_stride", "a_group_stride", "b_group_stride", "out_group_stride", "sfa_group_stride",
-        "block_m", "block_n"};
+    static const char *names[] = {NAMES};
     char line[1024];
     FILE *f = fopen(argv[1], "r");
     fp8gemm_status st;
@@ -119,12 +124,12 @@ int main(int argc, char **argv) {
     if (!f) return 2;
     while (fgets(line, sizeof line, f)) {
         char *tab = line;
-        int64_t vals[15], out;
+        int64_t vals[COUNT], out;
         int i;
         while (*tab && *tab != '\t') tab++;
         *tab++ = '\0';
-        for (i = 0; i < 15; i++) vals[i] = strtoll(tab, &tab, 10);
-        if (fp8gemm_eval_expression(line, names, vals, 15, &out, &st) != FP8GEMM_OK) {
+        for (i = 0; i < COUNT; i++) vals[i] = strtoll(tab, &tab, 10);
+        if (fp8gemm_eval_expression(line, names, vals, COUNT, &out, &st) != FP8GEMM_OK) {
             printf("ERR %s\n", st.message);
         } else {
             printf("%lld\n", (long long)out);
@@ -153,10 +158,12 @@ def test_c_expression_evaluator_agrees_with_python(bundle, tmp_path):
     exprs = set()
     for e in man["kernels"]:
         s = e["spec"]
-        exprs.add(s["units"])
+        if s["units"]:
+            exprs.add(s["units"])
         for t in s["tensor_maps"]:
             exprs.update(x for x in (*t["dims"], *t["strides"], *t["box"]) if isinstance(x, str))
         exprs.update(p["value"] for p in s["params"] if isinstance(p.get("value"), str))
+        exprs.update(x for x in s.get("grid_dims", ()) if isinstance(x, str))
     exprs.update(["min(3, 7) + max(2, 9) * 2", "ceil_div(17, 4) // 2 - 1", "(m + 3) * (n - 1)"])
     rng = random.Random(5)
     rows, expected = [], []
@@ -167,7 +174,9 @@ def test_c_expression_evaluator_agrees_with_python(bundle, tmp_path):
             rows.append(f"{x}\t{' '.join(map(str, vals))}")
             expected.append(evaluate(x, dict(zip(names, vals))))
     (tmp_path / "exprs.txt").write_text("\n".join(rows) + "\n")
-    (tmp_path / "probe.c").write_text(_PROBE)
+    names = list(exp.VALUES) + ["block_m", "block_n"]
+    (tmp_path / "probe.c").write_text(_PROBE.replace("NAMES", ", ".join(f'"{x}"' for x in names))
+                                      .replace("COUNT", str(len(names))))
     exe = tmp_path / "probe"
     r = subprocess.run([CC, "-std=c99", "-Wall", "-Wextra", "-Werror", f"-I{INCLUDE}", f"-I{folder / 'runtime'}",
                         str(tmp_path / "probe.c"), str(folder / "runtime" / "fp8gemm_rt.c"), "-ldl", "-o", str(exe)],
@@ -187,3 +196,18 @@ def test_c_example_compiles_warning_free(tmp_path):
                         f"-I{ROOT / 'fp8gemm' / 'runtime_c'}", "-c", str(ROOT / "examples" / "c" / "main.c"),
                         "-o", str(tmp_path / "main.o")], capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
+
+
+@pytest.mark.parametrize("kind", ["token", "block"])
+@pytest.mark.parametrize("src", ["bf16", "f32"])
+def test_cast_spec_matches_the_ptx(kind, src):
+    import re
+    spec = quant_templates.cast_spec(kind, src)
+    kern = (quant_templates.per_token_kernel if kind == "token" else quant_templates.per_block_kernel)(src)
+    ptx = kern.render()
+    assert spec.name == kern.name
+    declared = re.findall(rf"\.param \.(\w+) {kern.name}_param_(\w+)", ptx)
+    assert [(p.type, p.name) for p in spec.params] == declared
+    assert f".maxntid {spec.threads}, 1, 1" in ptx and len(spec.grid_dims) == 3
+    for p in spec.params:
+        assert (p.array is not None) + (p.value is not None) == 1, p

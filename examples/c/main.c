@@ -1,6 +1,7 @@
 /* fp8gemm from C, no Python at run time: load an exported bundle, run the dense, contiguous
  * and masked GEMMs on random data quantized here on the host, and check every output element
- * against a float64 host reference. Exits non-zero on any mismatch.
+ * against a float64 host reference; run the per-token cast on the GPU and check it bit for bit
+ * against the host quantization. Exits non-zero on any mismatch.
  *
  *     make bundle      # python -m fp8gemm export bundle --gemm 512x640:256 --contiguous 3x256x512:128 ...
  *     make run         # builds ./example and runs it on device 0
@@ -190,6 +191,25 @@ int main(int argc, char **argv) {
         CU(cuCtxSynchronize());
         CU(cuMemcpyDtoH(out, dout, 2 * DM * DN));
         check("dense", out, DM, DN, DK, aq, sa, sstride, bq, sb);
+        { /* the per-token cast of the same A (float32 source) on the GPU: bit-identical to the host's */
+            CUdeviceptr dx = upload(a, sizeof(float) * DM * DK), dq = upload(NULL, DM * DK);
+            CUdeviceptr ds = upload(NULL, sizeof(float) * kb * sstride);
+            uint8_t *q2 = malloc(DM * DK);
+            float *s2 = malloc(sizeof(float) * kb * sstride);
+            int r, g, bad = 0;
+            rc = fp8gemm_per_token_cast(b, DM, DK, 1, dx, 0, dq, 0, ds, sstride, NULL, &st);
+            if (rc)
+                die_status("fp8gemm_per_token_cast", rc, &st);
+            CU(cuCtxSynchronize());
+            CU(cuMemcpyDtoH(q2, dq, DM * DK));
+            CU(cuMemcpyDtoH(s2, ds, sizeof(float) * kb * sstride));
+            bad = memcmp(q2, aq, DM * DK) != 0;
+            for (r = 0; r < DM; r++)
+                for (g = 0; g < kb; g++)
+                    bad |= memcmp(&s2[g * sstride + r], &sa[g * sstride + r], sizeof(float)) != 0;
+            printf("%-12s %d x %d: %s\n", "cast", DM, DK, bad ? "MISMATCH" : "ok");
+            failures += bad;
+        }
     }
     { /* contiguous: groups of 130, 0 and 90 rows, each padded to 128 (m_indices -1) */
         static const int sizes[CG] = {130, 0, 90};

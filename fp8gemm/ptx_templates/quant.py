@@ -12,6 +12,7 @@ the first use. Numerics (matched bit for bit by ``fp8gemm.reference``):
 from __future__ import annotations
 
 from .builder import Kernel
+from .spec import KernelSpec, Param
 
 E4M3_MAX = 448.0
 AMAX_FLOOR = 1e-4
@@ -93,9 +94,35 @@ def _store_words(k: Kernel, pred: str, addr: str, words: list[str]) -> None:
         k(f"@{pred} st.global.v{len(words)}.b32 [{addr}], {{{', '.join(words)}}}")
 
 
+# (name, type, where the value comes from): arrays by launch argument, sizes as expressions
+_PARAMS = (("x", "u64", "array:x"), ("q", "u64", "array:q"), ("s", "u64", "array:scales"),
+           ("rows", "u32", "m"), ("cols", "u32", "k"),
+           ("x_stride", "u64", "x_stride"),        # elements between rows of x
+           ("q_stride", "u64", "q_stride"),        # bytes (= e4m3 elements) between rows of q
+           ("s_stride", "u32", "s_stride"))        # per-token: floats between scale columns; per-block: per row
+
+
 def _common_params() -> list[tuple[str, str]]:
-    return [("x", "u64"), ("q", "u64"), ("s", "u64"), ("rows", "u32"), ("cols", "u32"),
-            ("x_stride", "u64"), ("q_stride", "u64"), ("s_stride", "u32")]
+    return [(n, t) for n, t, _ in _PARAMS]
+
+
+def cast_spec(kind: str, src: str) -> KernelSpec:
+    """The host contract of a cast kernel (``kind`` "token" or "block", ``src`` "bf16"/"f32"):
+    parameters with their sources, and the grid over named values (m rows, k columns)."""
+    params = tuple(Param(n, t, f"{n} of the cast", array=w[6:]) if w.startswith("array:")
+                   else Param(n, t, f"{n} of the cast", value=w) for n, t, w in _PARAMS)
+    if kind == "token":
+        chunk = TOKEN_UNROLL * 32 * (16 // ITEMSIZE[src])       # columns one warp covers
+        grid = (f"ceil_div(k, {chunk})", f"ceil_div(m, {THREADS // 32})", 1)
+        name = f"fp8gemm_per_token_cast_{src}"
+    elif kind == "block":
+        grid = ("ceil_div(k, 128)", "ceil_div(m, 128)", 1)        # one CTA per 128x128 block
+        name = f"fp8gemm_per_block_cast_{src}"
+    else:
+        raise ValueError(f"cast kind must be 'token' or 'block', got {kind!r}")
+    return KernelSpec(name=name, kind=f"per_{kind}_cast", params=params, tensor_maps=(), threads=THREADS,
+                      smem_bytes=0, cluster=(1, 1, 1), block={}, expect_tx_bytes=0,
+                      grid="grid_dims over m (rows) and k (columns)", grid_dims=grid)
 
 
 def per_token_kernel(src: str) -> Kernel:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import ast
 import dataclasses
+import functools
 from typing import Mapping, Union
 
 Expr = Union[int, str]
@@ -59,7 +60,8 @@ class KernelSpec:
     block: Mapping[str, int]                 # block_m, block_n, block_k, stages, ...
     expect_tx_bytes: int                     # per stage: the sum of the loads' stage_bytes
     grid: str                                # how the launcher sizes the grid, in words
-    units: Expr = ""                         # work units (expression): grid = min(SMs // cluster, units) * cluster
+    units: Expr = ""                         # persistent kernels: grid = min(SMs // cluster, units) * cluster
+    grid_dims: tuple[Expr, ...] = ()         # other kernels: the grid (x, y, z) itself
 
     def param_index(self, name: str) -> int:
         for i, p in enumerate(self.params):
@@ -100,3 +102,35 @@ def evaluate(expr: Expr, values: Mapping[str, int]) -> int:
         raise ValueError(f"spec expression {expr!r}: unsupported syntax")
 
     return ev(ast.parse(expr, mode="eval").body)
+
+
+def compiled(expr: Expr):
+    """``evaluate`` for one expression, parsed once: a function of the values mapping (the
+    launch paths evaluate the same few expressions on every call)."""
+    return _compiled(expr) if isinstance(expr, str) else (lambda values, v=int(expr): v)
+
+
+@functools.lru_cache(maxsize=None)
+def _compiled(expr: str):
+    def build(node):
+        if isinstance(node, ast.Constant) and isinstance(node.value, int):
+            v = node.value
+            return lambda values: v
+        if isinstance(node, ast.Name):
+            name = node.id
+
+            def get(values):
+                try:
+                    return int(values[name])
+                except KeyError:
+                    raise KeyError(f"spec expression {expr!r}: no value for {name!r}") from None
+            return get
+        if isinstance(node, ast.BinOp) and type(node.op) in _BINOPS:
+            op, left, right = _BINOPS[type(node.op)], build(node.left), build(node.right)
+            return lambda values: op(left(values), right(values))
+        if (isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id in _FUNCS
+                and len(node.args) == 2 and not node.keywords):
+            fn, a, b = _FUNCS[node.func.id], build(node.args[0]), build(node.args[1])
+            return lambda values: fn(a(values), b(values))
+        raise ValueError(f"spec expression {expr!r}: unsupported syntax")
+    return build(ast.parse(expr, mode="eval").body)

@@ -291,10 +291,12 @@ static int j_int(const jv *o, const char *key, int64_t *out) {
 
 /* ---- size expressions (the grammar of fp8gemm/ptx_templates/spec.py) ----------------------- */
 enum { V_M, V_N, V_K, V_GROUPS, V_KB, V_A_STRIDE, V_B_STRIDE, V_OUT_STRIDE, V_SFA_STRIDE, V_A_GROUP_STRIDE,
-       V_B_GROUP_STRIDE, V_OUT_GROUP_STRIDE, V_SFA_GROUP_STRIDE, V_BLOCK_M, V_BLOCK_N, V_COUNT };
+       V_B_GROUP_STRIDE, V_OUT_GROUP_STRIDE, V_SFA_GROUP_STRIDE, V_X_STRIDE, V_Q_STRIDE, V_S_STRIDE, V_BLOCK_M,
+       V_BLOCK_N, V_COUNT };
 static const char *const VALUE_NAMES[V_COUNT] = {
     "m", "n", "k", "groups", "kb", "a_stride", "b_stride", "out_stride", "sfa_stride", "a_group_stride",
-    "b_group_stride", "out_group_stride", "sfa_group_stride", "block_m", "block_n"};
+    "b_group_stride", "out_group_stride", "sfa_group_stride", "x_stride", "q_stride", "s_stride", "block_m",
+    "block_n"};
 
 typedef struct {
     const char *p;
@@ -444,13 +446,13 @@ static int eval_item(const jv *v, const int64_t *vals, int64_t *out, fp8gemm_sta
 }
 
 /* ---- the bundle ------------------------------------------------------------------------------ */
-enum { A_A, A_A_SCALES, A_B, A_B_SCALES, A_OUT, A_LAYOUT, A_DEBUG, A_COUNT };
+enum { A_A, A_A_SCALES, A_B, A_B_SCALES, A_OUT, A_LAYOUT, A_DEBUG, A_X, A_Q, A_SCALES, A_COUNT };
 
 typedef struct {
     int type;          /* 0 tensor map, 1 u64, 2 u32 */
     int array;         /* A_* for addresses and tensor maps, -1 for values */
     const jv *map;     /* the tensor map's manifest entry */
-    const jv *value;   /* the u32 value's expression */
+    const jv *value;   /* a value's expression (u32, or u64 without an array) */
 } param;
 
 typedef struct {
@@ -459,13 +461,14 @@ typedef struct {
     CUfunction fn;
     int threads, smem, cluster, max_clusters;
     int64_t block_m, block_n;
-    const jv *units;
+    const jv *units;       /* persistent kernels: work units */
+    const jv *grid_dims;   /* other kernels: the grid itself */
     param params[MAX_PARAMS];
     int nparams;
 } kernel;
 
 typedef struct {
-    const char *op;
+    const char *op, *src;
     int64_t groups, n, k, max_m;
     const jv *ranges;
     int kernel;
@@ -494,6 +497,12 @@ static int array_index(const char *name) {
         return A_LAYOUT;
     if (!strcmp(name, "debug"))
         return A_DEBUG;
+    if (!strcmp(name, "x"))
+        return A_X;
+    if (!strcmp(name, "q"))
+        return A_Q;
+    if (!strcmp(name, "scales"))
+        return A_SCALES;
     return -1;
 }
 
@@ -533,8 +542,14 @@ static int load_kernel(fp8gemm_bundle *b, const char *folder, const jv *e, kerne
     block = j_get(spec, "block");
     cluster = j_get(spec, "cluster");
     kr->units = j_get(spec, "units");
-    if (!kr->name || !cubin || !params || params->t != J_ARR || !maps || !block || !cluster || !kr->units)
+    kr->grid_dims = j_get(spec, "grid_dims");
+    if (kr->grid_dims && (kr->grid_dims->t != J_ARR || kr->grid_dims->n == 0))
+        kr->grid_dims = NULL;
+    if (!kr->name || !cubin || !params || params->t != J_ARR || !maps || !block || !cluster ||
+        (!kr->grid_dims && (!kr->units || kr->units->t != J_STR)))
         return fail(st, FP8GEMM_ERROR_BUNDLE, "manifest: an incomplete kernel entry");
+    if (kr->grid_dims && kr->grid_dims->n != 3)
+        return fail(st, FP8GEMM_ERROR_BUNDLE, "manifest: %s: grid_dims must have 3 entries", kr->name);
     if (params->n > MAX_PARAMS)
         return fail(st, FP8GEMM_ERROR_BUNDLE, "%s: %d parameters (at most %d)", kr->name, params->n, MAX_PARAMS);
     if (j_int(spec, "threads", &v))
@@ -544,7 +559,7 @@ static int load_kernel(fp8gemm_bundle *b, const char *folder, const jv *e, kerne
         return fail(st, FP8GEMM_ERROR_BUNDLE, "%s: no smem_bytes", kr->name);
     kr->smem = (int)v;
     kr->cluster = cluster->t == J_ARR && cluster->n > 0 ? (int)cluster->items[0].num : 1;
-    if (j_int(block, "block_m", &kr->block_m) || j_int(block, "block_n", &kr->block_n))
+    if (!kr->grid_dims && (j_int(block, "block_m", &kr->block_m) || j_int(block, "block_n", &kr->block_n)))
         return fail(st, FP8GEMM_ERROR_BUNDLE, "%s: no block sizes", kr->name);
     kr->nparams = params->n;
     for (i = 0; i < params->n; i++) {
@@ -567,8 +582,9 @@ static int load_kernel(fp8gemm_bundle *b, const char *folder, const jv *e, kerne
                 return fail(st, FP8GEMM_ERROR_BUNDLE, "%s: tensor map %s is not described", kr->name, pname);
         } else if (!strcmp(type, "u64")) {
             q->type = 1;
-            if (q->array < 0)
-                return fail(st, FP8GEMM_ERROR_BUNDLE, "%s: %s names no known array", kr->name, pname);
+            q->value = q->array < 0 ? j_get(p, "value") : NULL;
+            if (q->array < 0 && (!q->value || q->value->t == J_NULL))
+                return fail(st, FP8GEMM_ERROR_BUNDLE, "%s: %s names no known array and no value", kr->name, pname);
         } else if (!strcmp(type, "u32")) {
             q->type = 2;
             q->value = j_get(p, "value");
@@ -693,9 +709,10 @@ int fp8gemm_bundle_load(const char *folder, fp8gemm_bundle **out, fp8gemm_status
         problem *pr = &b->problems[b->nproblems++];
         int64_t kidx = -1;
         pr->op = j_str(p, "op");
+        pr->src = j_str(p, "src");
         pr->groups = 1;
         j_int(p, "groups", &pr->groups);
-        if (!pr->op || j_int(p, "n", &pr->n) || j_int(p, "k", &pr->k)) {
+        if (!pr->op || (!pr->src && (j_int(p, "n", &pr->n) || j_int(p, "k", &pr->k)))) {
             rc = fail(st, FP8GEMM_ERROR_BUNDLE, "%s: problem %d is incomplete", path, i);
             goto bad;
         }
@@ -722,7 +739,7 @@ static const kernel *select_kernel(const fp8gemm_bundle *b, const char *op, int6
     int i, j;
     for (i = 0; i < b->nproblems; i++) {
         const problem *p = &b->problems[i];
-        if (strcmp(p->op, op) || p->n != n || p->k != k || (!p->ranges && p->groups != groups))
+        if (strcmp(p->op, op) || p->n != n || p->k != k || (!p->ranges && p->groups != groups) || p->src)
             continue;
         if (!p->ranges)
             return &b->kernels[p->kernel];
@@ -823,27 +840,42 @@ static int launch(const fp8gemm_bundle *b, const kernel *kr, int64_t *vals, cons
         if (p->type == 0) {
             if ((rc = encode_map(b, kr, p->map, arrays[p->array], vals, &storage[i].map, st)) != FP8GEMM_OK)
                 return rc;
-        } else if (p->type == 1) {
+        } else if (p->type == 1 && p->array >= 0) {
             storage[i].u64 = p->array == A_DEBUG ? 0 : (uint64_t)arrays[p->array];
+        } else if (p->type == 1) {
+            if ((rc = eval_item(p->value, vals, &v, st)) != FP8GEMM_OK)
+                return rc;
+            storage[i].u64 = (uint64_t)v;
         } else {
             if ((rc = eval_item(p->value, vals, &v, st)) != FP8GEMM_OK)
                 return rc;
             storage[i].u32 = (uint32_t)v;
         }
     }
-    if ((rc = eval_item(kr->units, vals, &units, st)) != FP8GEMM_OK)
-        return rc;
-    clusters = b->num_sms / kr->cluster;
-    if (units < clusters)
-        clusters = units;
-    if (kr->max_clusters > 0 && clusters > kr->max_clusters)
-        clusters = kr->max_clusters;
-    if (clusters < 1)
-        clusters = 1;
     memset(&cfg, 0, sizeof cfg);
     memset(&attr, 0, sizeof attr);
-    cfg.gridDimX = (unsigned)(clusters * kr->cluster);
-    cfg.gridDimY = cfg.gridDimZ = 1;
+    if (kr->grid_dims) {
+        int64_t g[3];
+        for (i = 0; i < 3; i++) {
+            if ((rc = eval_item(&kr->grid_dims->items[i], vals, &g[i], st)) != FP8GEMM_OK)
+                return rc;
+            if (g[i] < 1)
+                g[i] = 1;
+        }
+        cfg.gridDimX = (unsigned)g[0], cfg.gridDimY = (unsigned)g[1], cfg.gridDimZ = (unsigned)g[2];
+    } else {
+        if ((rc = eval_item(kr->units, vals, &units, st)) != FP8GEMM_OK)
+            return rc;
+        clusters = b->num_sms / kr->cluster;
+        if (units < clusters)
+            clusters = units;
+        if (kr->max_clusters > 0 && clusters > kr->max_clusters)
+            clusters = kr->max_clusters;
+        if (clusters < 1)
+            clusters = 1;
+        cfg.gridDimX = (unsigned)(clusters * kr->cluster);
+        cfg.gridDimY = cfg.gridDimZ = 1;
+    }
     cfg.blockDimX = (unsigned)kr->threads;
     cfg.blockDimY = cfg.blockDimZ = 1;
     cfg.sharedMemBytes = (unsigned)kr->smem;
@@ -1004,4 +1036,55 @@ int fp8gemm_m_grouped_masked(const fp8gemm_bundle *b, int64_t m_max, int64_t n, 
     arrays[A_A] = a, arrays[A_A_SCALES] = a_scales, arrays[A_B] = bb, arrays[A_B_SCALES] = b_scales;
     arrays[A_OUT] = out, arrays[A_LAYOUT] = masked_m;
     return launch(b, kr, vals, arrays, stream, st);
+}
+
+/* ---- casts ------------------------------------------------------------------------------------ */
+static int cast(const fp8gemm_bundle *b, const char *op, const char *who, int64_t rows, int64_t k, int src_f32,
+                CUdeviceptr x, int64_t x_stride, CUdeviceptr q, int64_t q_stride, CUdeviceptr scales, int64_t s_stride,
+                int64_t s_default, int64_t s_least, CUstream stream, fp8gemm_status *st) {
+    const char *src = src_f32 ? "float32" : "bfloat16";
+    int64_t vals[V_COUNT] = {0};
+    CUdeviceptr arrays[A_COUNT] = {0};
+    int i;
+    if (!b)
+        return fail(st, FP8GEMM_ERROR_ARGUMENT, "%s: bundle is NULL", who);
+    if (rows < 1 || k < 1)
+        return fail(st, FP8GEMM_ERROR_ARGUMENT, "%s: rows and k must be positive", who);
+    if (k % 16)
+        return fail(st, FP8GEMM_ERROR_ARGUMENT, "%s: k = %lld must be a multiple of 16", who, (long long)k);
+    TRY(check_stride(st, who, "x_stride", &x_stride, k, k, src_f32 ? 4 : 2));
+    TRY(check_stride(st, who, "q_stride", &q_stride, k, k, 1));
+    if (s_stride == 0)
+        s_stride = s_default;
+    if (s_stride < s_least)
+        return fail(st, FP8GEMM_ERROR_ARGUMENT, "%s: s_stride = %lld is smaller than %lld", who, (long long)s_stride,
+                    (long long)s_least);
+    TRY(check_pointer(st, who, "x", x, 16));
+    TRY(check_pointer(st, who, "q", q, 16));
+    TRY(check_pointer(st, who, "scales", scales, 4));
+    for (i = 0; i < b->nproblems; i++) {
+        const problem *p = &b->problems[i];
+        if (p->src && !strcmp(p->op, op) && !strcmp(p->src, src)) {
+            vals[V_M] = rows, vals[V_K] = k, vals[V_X_STRIDE] = x_stride, vals[V_Q_STRIDE] = q_stride;
+            vals[V_S_STRIDE] = s_stride;
+            arrays[A_X] = x, arrays[A_Q] = q, arrays[A_SCALES] = scales;
+            return launch(b, &b->kernels[p->kernel], vals, arrays, stream, st);
+        }
+    }
+    return fail(st, FP8GEMM_ERROR_NO_KERNEL, "the bundle has no %s kernel from %s (export it with --casts %s)", op, src,
+                src);
+}
+
+int fp8gemm_per_token_cast(const fp8gemm_bundle *b, int64_t m, int64_t k, int src_f32, CUdeviceptr x,
+                           int64_t x_stride, CUdeviceptr q, int64_t q_stride, CUdeviceptr scales, int64_t s_stride,
+                           CUstream stream, fp8gemm_status *st) {
+    return cast(b, "per_token_cast", "fp8gemm_per_token_cast", m, k, src_f32, x, x_stride, q, q_stride, scales,
+                s_stride, (m + 3) / 4 * 4, m, stream, st);
+}
+
+int fp8gemm_per_block_cast(const fp8gemm_bundle *b, int64_t n, int64_t k, int src_f32, CUdeviceptr x,
+                           int64_t x_stride, CUdeviceptr q, int64_t q_stride, CUdeviceptr scales, int64_t s_stride,
+                           CUstream stream, fp8gemm_status *st) {
+    return cast(b, "per_block_cast", "fp8gemm_per_block_cast", n, k, src_f32, x, x_stride, q, q_stride, scales,
+                s_stride, (k + 127) / 128, (k + 127) / 128, stream, st);
 }

@@ -72,6 +72,18 @@ int fp8gemm_m_grouped_masked(const fp8gemm_bundle *bundle, int64_t m_max, int64_
                              CUdeviceptr out, int64_t out_stride, int64_t out_group_stride,
                              CUdeviceptr masked_m, CUstream stream, fp8gemm_status *status);
 
+/* Casts to e4m3 (x bf16, or float32 with src_f32 = 1; k a multiple of 16; rows x_stride elements
+ * apart, q rows q_stride bytes apart). Per-token: x [M, K] in 1x128 groups, scales MN-major
+ * (element (m, g) at scales[g * s_stride + m]; s_stride 0 = M rounded up to 4). Per-block: x [N, K]
+ * in 128x128 blocks, scales row-major [ceil(N/128), ceil(K/128)] with row stride s_stride
+ * (0 = ceil(K/128)). Export with --casts bfloat16 / --casts float32. */
+int fp8gemm_per_token_cast(const fp8gemm_bundle *bundle, int64_t m, int64_t k, int src_f32, CUdeviceptr x,
+                           int64_t x_stride, CUdeviceptr q, int64_t q_stride, CUdeviceptr scales, int64_t s_stride,
+                           CUstream stream, fp8gemm_status *status);
+int fp8gemm_per_block_cast(const fp8gemm_bundle *bundle, int64_t n, int64_t k, int src_f32, CUdeviceptr x,
+                           int64_t x_stride, CUdeviceptr q, int64_t q_stride, CUdeviceptr scales, int64_t s_stride,
+                           CUstream stream, fp8gemm_status *status);
+
 /* Evaluate a manifest size expression (tests and tools): FP8GEMM_OK and *out, or an error. */
 int fp8gemm_eval_expression(const char *expr, const char *const *names, const int64_t *values, int count,
                             int64_t *out, fp8gemm_status *status);
