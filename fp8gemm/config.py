@@ -25,24 +25,30 @@ KINDS = ("dense", "contiguous", "contiguous_psum", "masked")
 CONTIGUOUS_KINDS = ("contiguous", "contiguous_psum")   # blocks must not straddle a 128-row group start
 
 _num_sms: int | None = None
+_on_num_sms_change: list = []      # callbacks that drop what was planned for the old count
 
 
-def set_num_sms(n: int) -> None:
-    """Cap the number of SMs the persistent GEMM grid uses (0 < n <= the device's SM count)."""
-    from .launcher import sm_count
-    total = sm_count(0)
-    if not (isinstance(n, int) and 0 < n <= total):
-        raise ValueError(f"set_num_sms: n must be an int in [1, {total}], got {n!r}")
+def set_num_sms(n: int | None) -> None:
+    """Cap the SMs the persistent GEMM grids use, on every device (``None``: no cap). Plans the
+    array-level API cached are dropped, so the next call plans for the new count; plans a
+    caller holds (``plan_gemm``, ...) keep the grid they were made with."""
+    if n is not None:
+        from .launcher import device_count, sm_count
+        total = max(sm_count(d) for d in range(max(1, device_count())))
+        if isinstance(n, bool) or not (isinstance(n, int) and 0 < n <= total):
+            raise ValueError(f"set_num_sms: n must be an int in [1, {total}] or None, got {n!r}")
     global _num_sms
     _num_sms = n
     _select.cache_clear()
+    for drop in _on_num_sms_change:
+        drop()
 
 
-def get_num_sms() -> int:
-    if _num_sms is None:
-        from .launcher import sm_count
-        return sm_count(0)
-    return _num_sms
+def get_num_sms(device: int = 0) -> int:
+    """SMs the grids on ``device`` use: its SM count, capped by ``set_num_sms``."""
+    from .launcher import sm_count
+    total = sm_count(device)
+    return total if _num_sms is None else min(_num_sms, total)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -270,9 +276,10 @@ def candidate_configs(k: int = 1 << 14, kind: str = "dense") -> list[GemmConfig]
 
 
 def select_config(m: int, n: int, k: int, groups: int = 1, kind: str = "dense",
-                  num_sms: int | None = None) -> tuple[GemmConfig, int]:
-    """(config, grid size) for a problem; ``FP8GEMM_PRINT_CONFIGS=1`` prints each choice."""
-    sms = num_sms or get_num_sms()
+                  num_sms: int | None = None, device: int = 0) -> tuple[GemmConfig, int]:
+    """(config, grid size) for a problem on ``device`` (or for ``num_sms`` SMs);
+    ``FP8GEMM_PRINT_CONFIGS=1`` prints each choice."""
+    sms = num_sms or get_num_sms(device)
     cfg, grid = _select(m, n, k, groups, kind, sms)
     if os.environ.get("FP8GEMM_PRINT_CONFIGS", "0") not in ("", "0"):
         print(f"fp8gemm: {kind} m={m} n={n} k={k} groups={groups} -> BM={cfg.block_m} BN={cfg.block_n} "

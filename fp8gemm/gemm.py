@@ -11,6 +11,7 @@ from typing import Any
 from . import arrays, launcher
 from .arrays import as_view, check_dtype, check_rows, check_shape
 from .checks import check_problem, check_strides, stride_or
+from . import config as config_module
 from .config import BLOCK_K, GemmConfig, ceil_div, select_config
 from .plan import KernelPlan, default_grid
 
@@ -43,13 +44,13 @@ class GemmPlan(KernelPlan):
         check_strides(who, {"a_stride": (self.a_stride, k, 1), "b_stride": (self.b_stride, k, 1),
                             "out_stride": (self.out_stride, n, 2), "sfa_stride": (self.sfa_stride, m, 4)})
         if config is None:
-            config, grid = select_config(m, n, k, num_sms=num_sms)
+            config, grid = select_config(m, n, k, num_sms=num_sms, device=device)
         else:
             if not isinstance(config, GemmConfig):
                 raise TypeError(f"{who}: config must be a GemmConfig, got {type(config).__name__}")
             if config.kind != "dense":
                 raise ValueError(f"{who}: config is for the {config.kind} layout, not dense")
-            grid = default_grid(config, m, n, 1, num_sms)
+            grid = default_grid(config, m, n, 1, num_sms, device)
         values = dict(m=m, n=n, k=k, groups=1, kb=self.kb, a_stride=self.a_stride, b_stride=self.b_stride,
                       out_stride=self.out_stride, sfa_stride=self.sfa_stride)
         super().__init__(config, grid, values, device=device, debug=debug, sass_pass=sass_pass)
@@ -67,6 +68,7 @@ def plan_gemm(m: int, n: int, k: int, **kw) -> GemmPlan:
 
 # ---- array-level API ------------------------------------------------------------------------
 _plans: dict[tuple, GemmPlan] = {}
+config_module._on_num_sms_change.append(_plans.clear)
 
 
 def _check_operands(lhs, rhs, out):

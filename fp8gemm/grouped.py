@@ -21,6 +21,7 @@ import numpy as np
 from . import arrays, launcher
 from .arrays import View, as_view, check_dtype, check_rows, check_shape
 from .checks import check_problem, check_strides, positive_int, stride_or
+from . import config as config_module
 from .config import BLOCK_K, GemmConfig, ceil_div, select_config
 from .plan import KernelPlan, default_grid
 from .ptx_templates.scheduler import CONTIGUOUS_ALIGNMENT
@@ -64,12 +65,12 @@ class ContiguousPlan(KernelPlan):
                              "out_stride": (out_stride, n, 2), "sfa_stride": (sfa_stride, m_sum, 4)})
         expected = expected_m or max(1, m_sum // groups)
         if config is None:
-            config, grid = select_config(expected, n, k, groups, kind=kind, num_sms=num_sms)
-            grid = default_grid(config, m_sum, n, 1, num_sms)
+            config, _ = select_config(expected, n, k, groups, kind=kind, num_sms=num_sms, device=device)
+            grid = default_grid(config, m_sum, n, 1, num_sms, device)
         else:
             if config.kind != kind:
                 raise ValueError(f"{who}: config is for the {config.kind} layout, not {kind}")
-            grid = default_grid(config, m_sum, n, 1, num_sms)
+            grid = default_grid(config, m_sum, n, 1, num_sms, device)
         self.layout = layout
         values = dict(m=m_sum, n=n, k=k, groups=groups, kb=kb, a_stride=a_stride, b_stride=b_stride,
                       b_group_stride=b_group_stride, out_stride=out_stride, sfa_stride=sfa_stride)
@@ -101,10 +102,10 @@ class MaskedPlan(KernelPlan):
                             sfa_group_stride=sfa_group_stride)
         expected = min(expected_m, m_max)
         if config is None:
-            config, _ = select_config(expected, n, k, groups, kind="masked", num_sms=num_sms)
+            config, _ = select_config(expected, n, k, groups, kind="masked", num_sms=num_sms, device=device)
         elif config.kind != "masked":
             raise ValueError(f"{who}: config is for the {config.kind} layout, not masked")
-        grid = default_grid(config, m_max, n, groups, num_sms)
+        grid = default_grid(config, m_max, n, groups, num_sms, device)
         values = dict(m=m_max, n=n, k=k, groups=groups, kb=kb, **st)
         super().__init__(config, grid, values, device=device, debug=debug, sass_pass=sass_pass)
 
@@ -151,6 +152,7 @@ def plan_m_grouped_gemm_masked(m_max: int, n: int, k: int, groups: int, expected
 
 # ---- array-level API ------------------------------------------------------------------------
 _plans: dict[tuple, KernelPlan] = {}
+config_module._on_num_sms_change.append(_plans.clear)
 
 
 def _check_b(b: View, sb: View, k: int) -> tuple[int, int]:

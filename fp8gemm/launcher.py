@@ -7,6 +7,7 @@ Contexts: the current one if it is on the wanted device, else that device's prim
 from __future__ import annotations
 
 import ctypes
+import functools
 import hashlib
 import os
 import threading
@@ -146,6 +147,7 @@ def pointer_device(ptr: int, name: str = "pointer") -> int:
     return int(_drv("cuPointerGetAttribute", attr.CU_POINTER_ATTRIBUTE_DEVICE_ORDINAL, ptr))
 
 
+@functools.lru_cache(maxsize=None)
 def sm_count(device: int = 0) -> int:
     init()
     return int(_drv("cuDeviceGetAttribute",

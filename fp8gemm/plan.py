@@ -133,10 +133,10 @@ class KernelPlan:
                 f"regs={self.compiled.resources.registers}, smem={self.spec.smem_bytes})")
 
 
-def default_grid(config: GemmConfig, m: int, n: int, groups: int, num_sms: int | None) -> int:
+def default_grid(config: GemmConfig, m: int, n: int, groups: int, num_sms: int | None, device: int = 0) -> int:
     """CTAs to launch: whole clusters, one per SM at most, none idle; the work units come from
     the kernel's spec (the rule an exported bundle's runtime applies too)."""
     spec = kernel_spec(config)
     units = evaluate(spec.units, dict(m=m, n=n, groups=groups, block_m=config.block_m, block_n=config.block_n))
-    clusters = min((num_sms or get_num_sms()) // config.cluster, units)
+    clusters = min((num_sms or get_num_sms(device)) // config.cluster, units)
     return max(1, clusters) * config.cluster

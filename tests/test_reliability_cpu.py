@@ -205,3 +205,28 @@ def test_tools_share_code_through_the_package_not_tests():
     for tool in sorted((ROOT / "tools").glob("*.py")):
         text = tool.read_text()
         assert '"tests"' not in text and "gemm_util" not in text and "grouped_util" not in text, tool.name
+
+
+# ---- several GPUs: SM counts per device, set_num_sms reaching cached plans --------------------------
+def test_sm_counts_are_per_device_and_capped(monkeypatch):
+    from fp8gemm import config, gemm, grouped
+    counts = {0: 132, 1: 114}
+    monkeypatch.setattr(launcher, "sm_count", lambda d=0: counts[d])
+    monkeypatch.setattr(launcher, "device_count", lambda: 2)
+    monkeypatch.setattr(config, "_num_sms", None)
+    config._select.cache_clear()
+    assert config.get_num_sms(0) == 132 and config.get_num_sms(1) == 114
+    _, g0 = config.select_config(8192, 7168, 2048, device=0)
+    _, g1 = config.select_config(8192, 7168, 2048, device=1)
+    assert g0 <= 132 and g1 <= 114 and g0 != g1
+    monkeypatch.setitem(gemm._plans, ("stale",), object())
+    monkeypatch.setitem(grouped._plans, ("stale",), object())
+    try:
+        fp8gemm.set_num_sms(100)
+        assert config.get_num_sms(0) == 100 and config.get_num_sms(1) == 100
+        assert ("stale",) not in gemm._plans and ("stale",) not in grouped._plans   # replanned on next use
+        with pytest.raises(ValueError, match="set_num_sms"):
+            fp8gemm.set_num_sms(0)
+    finally:
+        fp8gemm.set_num_sms(None)
+    assert config.get_num_sms(1) == 114
