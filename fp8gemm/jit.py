@@ -203,14 +203,17 @@ def ffma_interleave_enabled() -> bool:
     return FFMA_INTERLEAVE_DEFAULT
 
 
-def _sass_pass(force: bool | None = None) -> tuple[str, Callable[[bytes], tuple[bytes, dict]] | None]:
-    """(tag for the cache key, function) of the post-ptxas pass; ('off', None) when off."""
-    enabled = ffma_interleave_enabled() if force is None else force
+def _sass_pass(force: bool | tuple | None = None) -> tuple[str, Callable[[bytes], tuple[bytes, dict]] | None]:
+    """(tag for the cache key, function) of the post-ptxas pass; ('off', None) when off.
+
+    ``force``: None follows the library default, True/False turn the pass on/off, and a
+    (mode, fraction) pair turns it on with that variant (experiments, e.g. the benchmark)."""
+    enabled = ffma_interleave_enabled() if force is None else bool(force)
     if not enabled:
         return "off", None
     import functools
     from .sass_patch import PASS_VERSION, interleave_ffma
-    mode, fraction = pass_variant()
+    mode, fraction = (force[0], float(force[1])) if isinstance(force, tuple) else pass_variant()
     if (mode, fraction) == ("anchor", 9 / 16):
         return f"ffma-interleave-v{PASS_VERSION}", interleave_ffma
     return (f"ffma-interleave-v{PASS_VERSION}-{mode}-{fraction:.6f}",
@@ -235,11 +238,13 @@ _memo: dict[str, Compiled] = {}
 _memo_lock = threading.Lock()
 
 
-def compile_ptx(ptx: str, name: str, *, use_cache: bool = True, post_pass: bool | None = None) -> Compiled:
+def compile_ptx(ptx: str, name: str, *, use_cache: bool = True, post_pass: bool | tuple | None = None,
+                cache: str | Path | None = None) -> Compiled:
     """Compile ``ptx`` (entry ``name``) for sm_90a, through the memo and the disk cache.
 
     ``post_pass``: None follows the library default (env ``FP8GEMM_DISABLE_FFMA_INTERLEAVE``),
-    True/False force the SASS pass on or off.
+    True/False force the SASS pass on or off, (mode, fraction) picks a pass variant.
+    ``cache``: the disk-cache folder for this call (default ``cache_dir()``).
     """
     ptxas, _ = find_ptxas()
     version = ptxas_version(ptxas)
@@ -252,7 +257,7 @@ def compile_ptx(ptx: str, name: str, *, use_cache: bool = True, post_pass: bool 
     if hit is not None:
         return dataclasses.replace(hit, source="memo", seconds=0.0)
 
-    path = cache_dir() / f"{name[:48]}-{key}.fp8gemm"
+    path = (Path(cache) if cache is not None else cache_dir()) / f"{name[:48]}-{key}.fp8gemm"
     if use_cache and path.is_file():
         t0 = time.perf_counter()
         try:

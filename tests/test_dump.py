@@ -267,3 +267,16 @@ def test_console_script_from_a_non_editable_install(tmp_path):
     where = subprocess.run([sys.executable, "-c", "import fp8gemm; print(fp8gemm.__file__)"], cwd=tmp_path,
                            capture_output=True, text=True, env=env).stdout
     assert where.startswith(str(site)), where            # the installed copy, not the checkout
+    bench = subprocess.run([str(site / "bin" / "fp8gemm-bench"), "--help"], cwd=tmp_path, capture_output=True,
+                           text=True, env=env)
+    assert bench.returncode == 0 and "fp8gemm-bench" in bench.stdout, bench.stderr
+
+
+def test_bench_ships_in_the_package_and_says_it_needs_torch():
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    r = subprocess.run([sys.executable, "-m", "fp8gemm.bench", "--help"], capture_output=True, text=True, env=env)
+    assert r.returncode == 0 and "Needs torch" in r.stdout
+    have_torch = subprocess.run([sys.executable, "-c", "import torch"], capture_output=True).returncode == 0
+    if not have_torch:
+        r = subprocess.run([sys.executable, "-m", "fp8gemm.bench", "quant"], capture_output=True, text=True, env=env)
+        assert r.returncode == 2 and r.stderr.strip().count("\n") == 0 and "needs torch" in r.stderr

@@ -6,7 +6,7 @@
 DIR holds an older ``fp8gemm`` package renamed ``fp8gemm_old`` (e.g. extracted with
 ``git archive <commit> fp8gemm``; the package uses relative imports only, so a renamed copy
 imports side by side with this one). Both run the config each one's heuristic picks on the
-same quantized inputs, interleaved (tools/bench.py's timed_variants); outputs are compared
+same quantized inputs, interleaved (fp8gemm.bench's timed_variants); outputs are compared
 bit for bit. Used to show that a restructuring left the dense kernel's results and speed alone.
 """
 from __future__ import annotations
@@ -21,7 +21,6 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "tools"))
 
 
 def main(argv=None) -> int:
@@ -32,7 +31,7 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     import torch
     import fp8gemm
-    from bench import DENSE_SHAPES, git_commit, timed_variants
+    from fp8gemm.bench import DENSE_SHAPES, git_commit, timed_variants
     sys.path.insert(0, str(Path(args.old).resolve()))
     old = importlib.import_module("fp8gemm_old")
     records = []

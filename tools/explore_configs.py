@@ -11,10 +11,9 @@ import json
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench import timed_variants  # noqa: E402
+from fp8gemm.bench import timed_variants  # noqa: E402
 
 
 def main(argv=None) -> int:

@@ -1,7 +1,6 @@
-#!/usr/bin/env python3
-"""DeepGEMM (a local source tree, built in place) as a comparator for tools/bench.py.
+"""DeepGEMM (a local source tree, built in place) as a comparator for fp8gemm.bench.
 
-    python tools/deepgemm_side.py info DIR      # commit, paths, environment (no GPU needed)
+    python -m fp8gemm.deepgemm_side info DIR    # commit, paths, environment (no GPU needed)
 
 From Python: ``h = load(DIR)``, then ``dense(h, ...)`` / ``contiguous(h, ...)`` / ``masked(h, ...)``
 return zero-argument callables that run DeepGEMM on fp8gemm's quantized inputs (layouts converted
