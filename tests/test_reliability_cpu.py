@@ -202,9 +202,16 @@ def test_driver_older_than_ptxas_names_both(monkeypatch):
 
 
 def test_tools_share_code_through_the_package_not_tests():
-    for tool in sorted((ROOT / "tools").glob("*.py")):
+    for tool in sorted((ROOT / "tools").glob("*.py")) + sorted((ROOT / "fp8gemm").glob("*.py")):
         text = tool.read_text()
         assert '"tests"' not in text and "gemm_util" not in text and "grouped_util" not in text, tool.name
+
+
+@pytest.mark.parametrize("module", ["fp8gemm.fuzz", "fp8gemm.sanitize", "fp8gemm.bench", "fp8gemm.dump"])
+def test_package_tools_have_help_without_torch_or_a_gpu(module):
+    r = subprocess.run([sys.executable, "-m", module, "--help"], capture_output=True, text=True, cwd=ROOT,
+                       env=dict(os.environ, PYTHONPATH=str(ROOT)))
+    assert r.returncode == 0 and "usage" in r.stdout.lower(), r.stderr
 
 
 # ---- several GPUs: SM counts per device, set_num_sms reaching cached plans --------------------------
