@@ -120,6 +120,9 @@ class View:
         return math.prod(self.shape)
 
 
+_torch_dtype_names: dict = {}          # torch.dtype -> canonical name (str() of a dtype costs per call)
+
+
 def _is_torch_tensor(obj: Any) -> bool:
     torch = sys.modules.get("torch")
     return torch is not None and isinstance(obj, torch.Tensor)
@@ -134,11 +137,13 @@ def as_view(obj: Any, name: str) -> View:
     if _is_torch_tensor(obj):
         if not obj.is_cuda:
             raise ValueError(f"{name}: is a host (CPU) tensor; expected a CUDA device tensor")
-        dname = str(obj.dtype).replace("torch.", "")
-        if dname not in _TORCH_NAMES:
-            raise TypeError(f"{name}: torch dtype {obj.dtype} is not supported")
-        return View(obj.data_ptr(), tuple(obj.shape), tuple(obj.stride()), _TORCH_NAMES[dname],
-                    obj.device.index if obj.device.index is not None else 0, obj, "torch")
+        dtype = _torch_dtype_names.get(obj.dtype)
+        if dtype is None:
+            dname = str(obj.dtype).replace("torch.", "")
+            if dname not in _TORCH_NAMES:
+                raise TypeError(f"{name}: torch dtype {obj.dtype} is not supported")
+            dtype = _torch_dtype_names[obj.dtype] = _TORCH_NAMES[dname]
+        return View(obj.data_ptr(), tuple(obj.shape), obj.stride(), dtype, obj.get_device(), obj, "torch")
     cai = getattr(obj, "__cuda_array_interface__", None)
     if cai is not None:
         return _from_cai(cai, obj, name)

@@ -57,23 +57,30 @@ def _check_q(out: Any, name: str, shape) -> View:
 
 def _launch(kind: str, src: str, device: int, values: dict, arrays: dict, stream: int) -> None:
     """Launch a cast from its spec: the grid and every parameter come from the template's
-    contract (``cast_spec``), filled with this call's values and array addresses."""
-    spec = _spec(kind, src)
-    grid = tuple(compiled(x)(values) for x in spec.grid_dims)
-    key = (kind, src, device, grid)
+    contract (``cast_spec``). Per problem (kind, source, device, sizes) the grid and the size
+    parameters are worked out once; a call then writes only the three array addresses."""
+    key = (kind, src, device, *values.values())
     hit = _launches.get(key)
     if hit is None:
+        spec = _spec(kind, src)
+        grid = tuple(compiled(x)(values) for x in spec.grid_dims)
         make = templates.per_token_kernel if kind == "token" else templates.per_block_kernel
         fn, _ = runtime.get_function(("quant", kind, src), lambda: make(src), device)
+        pack, slots = launcher.ParamPack([p.type for p in spec.params]), []
+        for i, p in enumerate(spec.params):
+            if p.array is not None:
+                slots.append((i, p.array))
+            else:
+                pack[i] = compiled(p.value)(values)
         hit = _launches[key] = (launcher.Launch(fn, grid, (spec.threads, 1, 1), spec.smem_bytes, name=spec.name),
-                                launcher.ParamPack([p.type for p in spec.params]))
-    lc, template_pack = hit
+                                pack, tuple(slots))
+    lc, template_pack, slots = hit
     packs = _thread_packs.__dict__.setdefault("packs", {})   # one pack per thread: no shared writes
     pack = packs.get(key)
     if pack is None:
         pack = packs[key] = template_pack.copy()
-    for i, p in enumerate(spec.params):
-        pack[i] = arrays[p.array] if p.array is not None else compiled(p.value)(values)
+    for i, name in slots:
+        pack[i] = arrays[name]
     lc(pack.address, stream)
 
 

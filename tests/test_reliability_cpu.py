@@ -237,3 +237,25 @@ def test_sm_counts_are_per_device_and_capped(monkeypatch):
     finally:
         fp8gemm.set_num_sms(None)
     assert config.get_num_sms(1) == 114
+
+
+def test_validation_cache_still_checks_every_pointer():
+    """A shape/stride/dtype signature seen before skips the pointer-independent checks, never
+    the alignment of this call's pointers."""
+    base = 1 << 32
+    m, n, k = 64, 256, 512
+
+    def arrays(shift_a=0, shift_sb=0):
+        a = fp8gemm.DeviceArray(base + shift_a, (m, k), "float8_e4m3fn")
+        sa = fp8gemm.DeviceArray(base + (1 << 24), (m, k // 128), "float32", strides=(1, m))
+        b = fp8gemm.DeviceArray(base + (2 << 24), (n, k), "float8_e4m3fn")
+        sb = fp8gemm.DeviceArray(base + (3 << 24) + shift_sb, (n // 128, k // 128), "float32")
+        out = fp8gemm.DeviceArray(base + (4 << 24), (m, n), "bfloat16")
+        return (a, sa), (b, sb), out
+    for _ in range(2):                       # the second call takes the cached signature
+        with pytest.raises(fp8gemm.NoDriverError):
+            fp8gemm.gemm_fp8_fp8_bf16_nt(*arrays())
+    with pytest.raises(ValueError, match="^a: data pointer .* not 16-byte aligned"):
+        fp8gemm.gemm_fp8_fp8_bf16_nt(*arrays(shift_a=8))
+    with pytest.raises(ValueError, match="b_scales: data pointer must be 4-byte aligned"):
+        fp8gemm.gemm_fp8_fp8_bf16_nt(*arrays(shift_sb=2))
