@@ -661,6 +661,15 @@ def _print_grouped(kind, rec, dg):
     print(line, flush=True)
 
 
+def _rerun_zeroed(torch, fns, out, out_dg) -> None:
+    """Zero each library's output and run it once more, for the correctness checks after timing."""
+    for name, o in (("", out), ("deepgemm", out_dg)):
+        if name in fns:
+            o.zero_()
+            fns[name]()
+    torch.cuda.synchronize()
+
+
 def _grouped_contiguous(args, torch, fp8gemm, shape, sizes, m_sum, _hint, have_ours, side, dg, dg_info) -> dict:
     g, e, n, k = shape
     align = fp8gemm.get_m_alignment_for_contiguous_layout()
@@ -709,11 +718,7 @@ def _grouped_contiguous(args, torch, fp8gemm, shape, sizes, m_sum, _hint, have_o
         rec["deepgemm_config"] = dg_info["warm_jobs"].get(side.job_key(
             {"kind": "contiguous", "groups": g, "m_sum": m_sum, "n": n, "k": k}), {}).get("config")
     # correctness on the rows that belong to a group (padding rows are excluded)
-    for name, o in (("", out), ("deepgemm", out_dg)):
-        if name in fns:
-            o.zero_()
-            fns[name]()
-    torch.cuda.synchronize()
+    _rerun_zeroed(torch, fns, out, out_dg)
     if not args.no_reference:
         for name, o in (("", out), ("deepgemm", out_dg)):
             if name in fns:
@@ -774,11 +779,7 @@ def _grouped_masked(args, torch, fp8gemm, shape, draws, m_max, hint, have_ours, 
         draw_recs.append({"masked_m": mm, "valid_m": valid_m, **{(f"{nm}_us" if nm else "us"): t * 1e6
                                                                    for nm, t in times.items()}})
         # correctness on rows < masked_m[g] (the rest is undefined)
-        for name, o in (("", out), ("deepgemm", out_dg)):
-            if name in fns:
-                o.zero_()
-                fns[name]()
-        torch.cuda.synchronize()
+        _rerun_zeroed(torch, fns, out, out_dg)
         if not args.no_reference:
             for name, o in (("", out), ("deepgemm", out_dg)):
                 if name in fns:
