@@ -19,7 +19,8 @@ from fp8gemm.bench import timed_variants  # noqa: E402
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--shapes", required=True, help="comma-separated MxNxK")
-    p.add_argument("--tiles", required=True, help="comma-separated BMxBN (stages: the most that fit)")
+    p.add_argument("--tiles", required=True,
+                   help="comma-separated BMxBN or BMxBNxSTAGES (stages default: the most that fit, at most 8)")
     p.add_argument("--multicast", default="off", help="cluster modes to try: off,a,b")
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--json", help="write the table here")
@@ -40,10 +41,11 @@ def main(argv=None) -> int:
         heur = fp8gemm.plan_gemm(m, n, k, sfa_stride=sa.stride(1))
         fns["heuristic:" + heur.config.name] = lambda p=heur: p.launch(*ptrs, stream)
         for tile in args.tiles.split(","):
-            bm, bn = (int(x) for x in tile.split("x"))
+            bm, bn, *st = (int(x) for x in tile.split("x"))
+            stages = st[0] if st else max_stages(bm, bn, k)
             for mc in args.multicast.split(","):
                 try:
-                    cfg = GemmConfig(bm, bn, max_stages(bm, bn, k), cluster=1 if mc == "off" else 2,
+                    cfg = GemmConfig(bm, bn, stages, cluster=1 if mc == "off" else 2,
                                      multicast_on_a=mc != "b")
                 except ValueError as e:
                     print(f"skip {tile} {mc}: {e}")
