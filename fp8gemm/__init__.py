@@ -6,7 +6,8 @@ from __future__ import annotations
 
 from .arrays import DeviceArray, view_as
 from .config import GemmConfig, get_num_sms, set_num_sms
-from .gemm import GemmPlan, gemm_fp8_fp8_bf16_nt, plan_gemm
+from .gemm import (GemmPlan, gemm_fp8_fp8_bf16_nt, gemm_fp8_fp8_fp32_nt, plan_gemm, plan_wgrad_gemm,
+                   wgrad_gemm_fp8_fp8_fp32_nt)
 from .bundle import export
 from .grouped import (ContiguousPlan, MaskedPlan, get_m_alignment_for_contiguous_layout,
                       m_grouped_gemm_fp8_fp8_bf16_nt_contiguous, m_grouped_gemm_fp8_fp8_bf16_nt_masked,
@@ -15,6 +16,7 @@ from .errors import CompileError, Fp8GemmError, ToolchainError
 from .launcher import CudaError, KernelFault, NoDriverError
 from .quant import per_block_cast_to_fp8, per_token_cast_to_fp8
 from .reference import ceil_div
+from .wgrad import KGroupedPlan, k_grouped_wgrad_gemm_fp8_fp8_fp32_nt, plan_k_grouped_wgrad_gemm
 
 __version__ = "0.1.0"
 
@@ -25,7 +27,9 @@ def get_tma_aligned_size(m: int, element_size: int = 4) -> int:
     return tma_aligned_size(m, element_size)
 
 
-__all__ = ["gemm_fp8_fp8_bf16_nt", "plan_gemm", "GemmPlan", "m_grouped_gemm_fp8_fp8_bf16_nt_contiguous",
+__all__ = ["gemm_fp8_fp8_bf16_nt", "gemm_fp8_fp8_fp32_nt", "wgrad_gemm_fp8_fp8_fp32_nt",
+           "k_grouped_wgrad_gemm_fp8_fp8_fp32_nt", "plan_gemm", "plan_wgrad_gemm", "plan_k_grouped_wgrad_gemm",
+           "GemmPlan", "KGroupedPlan", "m_grouped_gemm_fp8_fp8_bf16_nt_contiguous",
            "m_grouped_gemm_fp8_fp8_bf16_nt_masked", "plan_m_grouped_gemm_contiguous", "plan_m_grouped_gemm_masked",
            "ContiguousPlan", "MaskedPlan", "GemmConfig", "set_num_sms", "get_num_sms",
            "DeviceArray", "view_as", "Fp8GemmError", "CompileError", "ToolchainError", "CudaError",

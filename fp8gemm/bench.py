@@ -3,6 +3,7 @@
     python -m fp8gemm.bench quant   [--json PATH]      # quantization bandwidth + compile/load times
     python -m fp8gemm.bench gemm    [--json PATH] ...  # dense GEMM table vs cuBLAS (--decode: M <= 32 too)
     python -m fp8gemm.bench grouped [--json PATH] ...  # m-grouped contiguous / masked tables
+    python -m fp8gemm.bench wgrad   [--json PATH] ...  # training: wgrad and k-grouped wgrad tables
     ... --deepgemm DIR                                 # also DeepGEMM (a source tree built in place,
                                                        # see fp8gemm/deepgemm_side.py), interleaved
 (``fp8gemm-bench``, or ``python tools/bench.py`` in a checkout.)
@@ -852,6 +853,11 @@ def main(argv=None) -> int:
     pm.add_argument("--configs", help="also time these forced configs, e.g. 128x160x4:b,128x128x5 "
                     "(BMxBNxSTAGES, :a/:b = 2-CTA cluster sharing A/B)")
     _add_deepgemm_args(pm)
+    pw = sub.add_parser("wgrad", help="training GEMMs: wgrad and k-grouped wgrad (DeepGEMM's test lists)")
+    pw.add_argument("--json", help="write results here")
+    pw.add_argument("--tables", default="wgrad,k_grouped", help="comma-separated: wgrad, k_grouped")
+    pw.add_argument("--rounds", type=int, default=5, help="interleaved rounds of 10 timed calls per variant")
+    _add_deepgemm_args(pw)
     args = p.parse_args(argv)
     try:
         import torch  # noqa: F401
@@ -859,7 +865,11 @@ def main(argv=None) -> int:
         print("fp8gemm-bench needs torch (CUDA events, the L2 flush, cuBLAS baselines): pip install torch",
               file=sys.stderr)
         return 2
-    res = {"quant": bench_quant, "gemm": bench_gemm, "grouped": bench_grouped}[args.what](args)
+    if args.what == "wgrad":
+        from .bench_training import bench_wgrad
+        res = bench_wgrad(args)
+    else:
+        res = {"quant": bench_quant, "gemm": bench_gemm, "grouped": bench_grouped}[args.what](args)
     res = {"device": device_name(), "commit": git_commit(),
            "date": datetime.date.today().isoformat(), "benchmark": args.what, **res}
     if args.json:

@@ -13,7 +13,12 @@ import os
 SMEM_LIMIT = 232448          # 227 KiB of shared memory per CTA on sm_90
 STATIC_SMEM = 1024           # ptxas emits a 1 KiB .nv.shared section for the 1024-aligned extern
 BLOCK_K = 128
-BLOCK_MS = (64, 128, 256)
+BLOCK_MS = (16, 32, 64, 128, 256)
+# Tiles of 16 or 32 valid rows (small M): the WGMMA still computes 64 rows, of which only the
+# first BM are loaded, promoted and stored; a smaller A box means less TMA work and shared
+# memory per stage where most of a 64-row box would be zero fill.
+SMALL_BLOCK_MS = (16, 32)
+WGMMA_M = 64
 def _two_scale_blocks_at_most(bn: int) -> bool:
     """A BN-wide tile at any multiple of BN touches at most two 128-wide B-scale blocks."""
     import math
@@ -21,7 +26,13 @@ def _two_scale_blocks_at_most(bn: int) -> bool:
 
 
 BLOCK_NS = tuple(bn for bn in range(16, 257, 8) if _two_scale_blocks_at_most(bn))
-KINDS = ("dense", "contiguous", "contiguous_psum", "masked")
+KINDS = ("dense", "contiguous", "contiguous_psum", "masked", "k_grouped")
+OUT_DTYPES = ("bfloat16", "float32")
+B_SCALES = ("block", "row")      # 128x128 blocks of B (the inference GEMMs) or 1x128 per row of B (wgrad)
+ROW_SCALE_BLOCK_NS = tuple(range(16, 257, 8))   # per-column B scales: no 128-column alignment rule
+# Kernel parameter space: 4352 bytes before PTX ISA 8.1, 32764 from it; a k-grouped kernel
+# passes two tensor maps (128 B each) and two u32 per group.
+MAX_K_GROUPS = 120
 CONTIGUOUS_KINDS = ("contiguous", "contiguous_psum")   # blocks must not straddle a 128-row group start
 
 _num_sms: int | None = None
@@ -51,7 +62,7 @@ def get_num_sms(device: int = 0) -> int:
     return total if _num_sms is None else min(_num_sms, total)
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True, repr=False)
 class GemmConfig:
     block_m: int
     block_n: int
@@ -60,11 +71,35 @@ class GemmConfig:
     multicast_on_a: bool = True      # with cluster 2: share A (same M block) or B (same N block)
     kind: str = "dense"
     debug: bool = False              # bounded mbarrier waits that report and trap
+    out_dtype: str = "bfloat16"      # D's element type: bf16 (the inference GEMMs) or fp32 (training)
+    with_c: bool = False             # D = C + A.B: the tile of C (D's dtype) is loaded by TMA, added, stored
+    b_scales: str = "block"          # "block": 128x128 blocks of B; "row": 1x128 per row of B (wgrad)
+    groups: int = 0                  # k_grouped only: the groups, fixed at compile time (parameter arrays)
 
     def __post_init__(self):
         if self.block_m not in BLOCK_MS:
             raise ValueError(f"block_m must be one of {BLOCK_MS}, got {self.block_m}")
-        if self.block_n not in BLOCK_NS:
+        if self.out_dtype not in OUT_DTYPES:
+            raise ValueError(f"out_dtype must be one of {OUT_DTYPES}, got {self.out_dtype!r}")
+        if self.b_scales not in B_SCALES:
+            raise ValueError(f"b_scales must be one of {B_SCALES}, got {self.b_scales!r}")
+        if self.training and (self.kind not in ("dense", "k_grouped") or self.cluster > 1):
+            raise ValueError("FP32 output, a C input and per-row B scales are for the dense and k_grouped "
+                             "layouts without a cluster")
+        if self.out_dtype == "float32" and self.block_m > 128:
+            raise ValueError("an FP32 output tile has at most 128 rows (its shared-memory tile doubles)")
+        if self.kind == "k_grouped":
+            if not (self.out_dtype == "float32" and self.with_c and self.b_scales == "row"):
+                raise ValueError("the k_grouped layout accumulates FP32 (out_dtype float32, with_c) with "
+                                 "per-row B scales")
+            if not (isinstance(self.groups, int) and 1 <= self.groups <= MAX_K_GROUPS):
+                raise ValueError(f"groups must be in [1, {MAX_K_GROUPS}] for the k_grouped layout, got {self.groups!r}")
+        elif self.groups:
+            raise ValueError("groups is a compile-time value of the k_grouped layout only")
+        if self.b_scales == "row":
+            if self.block_n not in ROW_SCALE_BLOCK_NS:
+                raise ValueError(f"block_n must be a multiple of 8 in [16, 256], got {self.block_n}")
+        elif self.block_n not in BLOCK_NS:
             raise ValueError(f"block_n must be a multiple of 8 in [16, 256] whose tiles touch at most two "
                              f"128-wide B-scale blocks (BN <= 128 + gcd(BN, 128)), got {self.block_n}")
         if self.kind not in KINDS:
@@ -76,15 +111,25 @@ class GemmConfig:
             raise ValueError("cluster must be 1 or 2")
         if self.stages < 1:
             raise ValueError("stages must be >= 1")
+        if self.block_m in SMALL_BLOCK_MS and (self.kind != "dense" or self.cluster > 1):
+            raise ValueError(f"block_m {self.block_m} (a tile of fewer than 64 valid rows) is for the dense "
+                             "layout without a cluster")
         if self.block_m > 128 and self.block_n > 128:
             raise ValueError("block_m > 128 and block_n > 128 together do not fit the registers")
         if self.smem_bytes + STATIC_SMEM > SMEM_LIMIT:
             raise ValueError(f"{self} needs {self.smem_bytes} bytes of shared memory (> {SMEM_LIMIT})")
 
+    def __repr__(self) -> str:
+        # the inference fields always, the training fields where they differ from bf16 / no C
+        names = ["block_m", "block_n", "stages", "cluster", "multicast_on_a", "kind", "debug"]
+        names += [f for f, default in (("out_dtype", "bfloat16"), ("with_c", False), ("b_scales", "block"),
+                                       ("groups", 0)) if getattr(self, f) != default]
+        return "GemmConfig(" + ", ".join(f"{f}={getattr(self, f)!r}" for f in names) + ")"
+
     # ---- derived sizes -----------------------------------------------------------------
     @property
     def math_warpgroups(self) -> int:
-        return 1 if self.block_m == 64 else 2
+        return 1 if self.block_m <= WGMMA_M else 2
 
     @property
     def threads(self) -> int:
@@ -93,15 +138,36 @@ class GemmConfig:
     @property
     def waves(self) -> int:
         """64-row WGMMA slabs each math warpgroup handles per tile."""
-        return self.block_m // (64 * self.math_warpgroups)
+        return max(1, self.block_m // (WGMMA_M * self.math_warpgroups))
+
+    @property
+    def valid_warps(self) -> int:
+        """Warps of a math warpgroup whose 16 accumulator rows are rows of the tile (4 unless
+        the tile has fewer than 64 rows: the others compute rows nothing loaded, never stored)."""
+        return min(4, self.block_m // 16)
+
+    @property
+    def training(self) -> bool:
+        """Any of the training GEMMs' features (FP32 out, a C input, per-row B scales)."""
+        return self.out_dtype != "bfloat16" or self.with_c or self.b_scales != "block"
+
+    @property
+    def out_bytes(self) -> int:
+        return 4 if self.out_dtype == "float32" else 2
 
     @property
     def d_swizzle(self) -> int:
-        """TMA swizzle of the bf16 output tile: the widest of 128/64/32 B dividing a row."""
+        """TMA swizzle of the output tile: the widest of 128/64/32 B dividing a row."""
         for s in (128, 64, 32):
-            if (self.block_n * 2) % s == 0:
+            if (self.block_n * self.out_bytes) % s == 0:
                 return s
         return 0
+
+    @property
+    def d_store_threads(self) -> int:
+        """Threads that each TMA-store one swizzle atom (BM rows x swizzle bytes) of the tile."""
+        swz = self.d_swizzle
+        return self.block_n * self.out_bytes // swz if swz else 1
 
     @property
     def smem_layout(self) -> dict[str, int]:
@@ -111,15 +177,23 @@ class GemmConfig:
         off = {}
         cur = 0
         off["d"] = cur
-        cur += up(self.block_m * self.block_n * 2, 1024)
+        cur += up(self.block_m * self.block_n * self.out_bytes, 1024)
         off["a"] = cur
         cur += self.stages * self.block_m * BLOCK_K
         off["b"] = cur
         cur += self.stages * self.block_n * BLOCK_K
         off["sfa"] = cur
         cur += self.stages * up(self.block_m * 4, 128)
+        if self.b_scales == "row":
+            off["sfb"] = cur             # per-column B scales of each stage's K block, by TMA
+            cur += self.stages * up(self.block_n * 4, 128)
         off["bar"] = cur
         cur += self.stages * 16          # full[S] then empty[S], 8 bytes each
+        if self.with_c:
+            cur += 16                    # c_full: the tile of C landed (8 bytes, kept 16-aligned)
+        # a tile of fewer than 64 rows: the WGMMA reads 64 rows from each A stage, past its box
+        # into what follows (garbage rows, never stored); that read must stay inside the block
+        cur = max(cur, off["a"] + (self.stages - 1) * self.block_m * BLOCK_K + WGMMA_M * BLOCK_K)
         off["end"] = cur
         return off
 
@@ -151,26 +225,33 @@ class GemmConfig:
     def name(self) -> str:
         mc = f"_mc{self.cluster}{self.multicast_tag}" if self.cluster > 1 else ""
         dbg = "_debug" if self.debug else ""
-        return f"fp8gemm_{self.kind}_bm{self.block_m}_bn{self.block_n}_s{self.stages}{mc}{dbg}"
+        train = (("_f32" if self.out_dtype == "float32" else "") + ("_c" if self.with_c else "")
+                 + ("_sfbrow" if self.b_scales == "row" else "") + (f"_g{self.groups}" if self.groups else ""))
+        return f"fp8gemm_{self.kind}_bm{self.block_m}_bn{self.block_n}_s{self.stages}{mc}{train}{dbg}"
 
 
 def block_ms_for(kind: str) -> tuple[int, ...]:
     """Block M values a layout allows: contiguous blocks must not cross a group start."""
-    return tuple(bm for bm in BLOCK_MS if bm <= 128) if kind in CONTIGUOUS_KINDS else BLOCK_MS
+    if kind != "dense":
+        return tuple(bm for bm in BLOCK_MS if bm not in SMALL_BLOCK_MS and (bm <= 128 or kind not in CONTIGUOUS_KINDS))
+    return BLOCK_MS
 
 
 def heuristic_block_ms(kind: str) -> tuple[int, ...]:
     """Block M values the heuristic tries: grouped layouts stop at 128 rows (measured: a
     256-row masked tile ran 0.68x DeepGEMM where 128x192 ran 1.33x, benchmarks/NOTES.md)."""
-    return block_ms_for(kind) if kind == "dense" else tuple(bm for bm in BLOCK_MS if bm <= 128)
+    if kind == "dense":
+        return tuple(bm for bm in BLOCK_MS if bm not in SMALL_BLOCK_MS)
+    return tuple(bm for bm in block_ms_for(kind) if bm <= 128)
 
 
-def max_stages(block_m: int, block_n: int, k: int | None = None, cap: int = 8) -> int:
-    """The most stages that fit shared memory (and no more than there are K blocks)."""
+def max_stages(block_m: int, block_n: int, k: int | None = None, cap: int = 8, **variant) -> int:
+    """The most stages that fit shared memory (and no more than there are K blocks); ``variant``:
+    the other ``GemmConfig`` fields that change shared memory (kind, out_dtype, with_c, ...)."""
     best = 0
     for s in range(1, cap + 1):
         try:
-            GemmConfig(block_m, block_n, s)
+            GemmConfig(block_m, block_n, s, **variant)
         except ValueError:
             break
         best = s
@@ -191,9 +272,9 @@ def ceil_div(a: int, b: int) -> int:
 # ceil(tiles / SMs) tiles.
 L2_BYTES_PER_CLK = 64.0
 MMA_EFFICIENCY = {64: 0.65, 128: 0.85, 256: 0.92}
-MAX_BLOCK_N = {64: 192, 128: 160, 256: 128}   # accumulator + promoted registers must fit
+MAX_BLOCK_N = {16: 192, 32: 192, 64: 192, 128: 160, 256: 128}   # accumulator + promoted registers must fit
 MAX_BLOCK_N_GROUPED = {64: 192, 128: 192}      # 128x192 measured best on both grouped tables
-MAX_BLOCK_N_CLUSTER = {64: 160, 128: 160, 256: 128}   # 64x192 spills with the cluster bookkeeping
+MAX_BLOCK_N_CLUSTER = {16: 0, 32: 0, 64: 160, 128: 160, 256: 128}   # 16/32: no cluster   # 64x192 spills with the cluster bookkeeping
 
 
 TWO_SCALE_PENALTY = 1.15     # BN not dividing 128: a select per promoted element (measured slower)
@@ -215,8 +296,43 @@ def tile_cycles(bm: int, bn: int, k: int, two_scale_penalty: float = TWO_SCALE_P
     return kb * max(mma, load) + epilogue
 
 
+# Training variants: an FP32 tile doubles the epilogue's bytes, a C input adds as many again
+# (read); per-row B scales cost an FMUL per promoted element on top of the FFMA.
+ROW_SCALE_PENALTY = 1.1
+
+
+def _select_variant(m: int, n: int, k: int, groups: int, kind: str, num_sms: int,
+                    variant: str) -> tuple[GemmConfig, int]:
+    fields = variant_fields(variant, kind, groups if kind == "k_grouped" else 0)
+    row = fields.get("b_scales") == "row"
+    elt = 4 if fields.get("out_dtype") == "float32" else 2
+    epilogue_bytes = elt * (2 if fields.get("with_c") else 1)
+    best = None
+    for bm, max_bn in TRAINING_MAX_BLOCK_N[variant].items():
+        for bn in ROW_SCALE_BLOCK_NS if row else BLOCK_NS:
+            if bn > max_bn:
+                continue
+            stages = max_stages(bm, bn, k, **fields)
+            if stages < min(3, ceil_div(k, BLOCK_K)):
+                continue
+            cfg = GemmConfig(bm, bn, stages, **fields)
+            waves = ceil_div(cfg.units(m, n, groups), num_sms)
+            cost = tile_cycles(bm, bn, k, 1.0 if row else TWO_SCALE_PENALTY, L2_BYTES_PER_CLK)
+            cost += bm * bn * (epilogue_bytes - 2) / L2_BYTES_PER_CLK
+            if row:
+                cost *= ROW_SCALE_PENALTY
+            score = (waves * cost, -bm * bn)
+            if best is None or score < best[0]:
+                best = (score, cfg)
+    cfg = best[1]
+    return cfg, cfg.grid(m, n, num_sms, groups)
+
+
 @functools.lru_cache(maxsize=4096)
-def _select(m: int, n: int, k: int, groups: int, kind: str, num_sms: int) -> tuple[GemmConfig, int]:
+def _select(m: int, n: int, k: int, groups: int, kind: str, num_sms: int,
+            variant: str = "bf16") -> tuple[GemmConfig, int]:
+    if variant != "bf16" or kind == "k_grouped":
+        return _select_variant(m, n, k, groups, kind, num_sms, "wgrad" if kind == "k_grouped" else variant)
     grouped = kind != "dense"
     max_bn = MAX_BLOCK_N_GROUPED if grouped else MAX_BLOCK_N
     penalty = GROUPED_TWO_SCALE_PENALTY if grouped else TWO_SCALE_PENALTY
@@ -257,8 +373,60 @@ def multicast_options(kind: str, m: int, bm: int, bn: int, num_sms: int) -> tupl
     return ("", "a")
 
 
+# The GEMMs' output variants: which GemmConfig fields each public function sets.
+VARIANTS = {
+    "bf16": {},                                                        # gemm_fp8_fp8_bf16_nt
+    "bf16_c": dict(with_c=True),                                       # ... with c=: D = C + A.B
+    "fp32": dict(out_dtype="float32"),                                 # gemm_fp8_fp8_fp32_nt
+    "fp32_c": dict(out_dtype="float32", with_c=True),                  # ... with c=
+    "wgrad": dict(out_dtype="float32", with_c=True, b_scales="row"),   # out += A.B^T, 1x128 scales both
+}
+# Block N limits of the training variants (accumulator, promoted values and, with per-row B
+# scales, the column scales of a K block must fit the registers; checked by the compile tests).
+TRAINING_MAX_BLOCK_N = {"bf16_c": {64: 192, 128: 160, 256: 128}, "fp32": {64: 192, 128: 192},
+                        "fp32_c": {64: 192, 128: 192}, "wgrad": {64: 168, 128: 160}}
+K_GROUPED_DEFAULT_GROUPS = 4
+
+
+def variant_fields(variant: str, kind: str = "dense", groups: int = 0) -> dict:
+    """GemmConfig keyword arguments of an output variant (k_grouped: with its group count)."""
+    if variant not in VARIANTS:
+        raise ValueError(f"variant must be one of {sorted(VARIANTS)}, got {variant!r}")
+    fields = dict(VARIANTS[variant], kind=kind)
+    if kind == "k_grouped":
+        fields["groups"] = groups or K_GROUPED_DEFAULT_GROUPS
+    return fields
+
+
+def variant_of(cfg: GemmConfig) -> str:
+    """The name in ``VARIANTS`` of a config's output variant."""
+    fields = {"out_dtype": cfg.out_dtype, "with_c": cfg.with_c, "b_scales": cfg.b_scales}
+    defaults = {"out_dtype": "bfloat16", "with_c": False, "b_scales": "block"}
+    for name, want in VARIANTS.items():
+        if fields == defaults | want:
+            return name
+    raise ValueError(f"{cfg} is no output variant of {sorted(VARIANTS)}")
+
+
+def variant_configs(variant: str, k: int = 1 << 14, kind: str = "dense", groups: int = 0) -> list[GemmConfig]:
+    """Every config the heuristic can return for a training variant (no cluster, BM <= 128 for
+    FP32 out, BN up to the variant's register limit)."""
+    fields = variant_fields(variant, kind, groups)
+    row = fields.get("b_scales") == "row"
+    out = []
+    for bm, max_bn in TRAINING_MAX_BLOCK_N[variant].items():
+        for bn in ROW_SCALE_BLOCK_NS if row else BLOCK_NS:
+            if bn <= max_bn:
+                s = max_stages(bm, bn, k, **fields)
+                if s:
+                    out.append(GemmConfig(bm, bn, s, **fields))
+    return out
+
+
 def candidate_configs(k: int = 1 << 14, kind: str = "dense") -> list[GemmConfig]:
     """Every config the heuristic can return (for compile tests and forced-config GPU tests)."""
+    if kind == "k_grouped":
+        return variant_configs("wgrad", k, kind)
     out = []
     max_bn = MAX_BLOCK_N if kind == "dense" else {bm: max(MAX_BLOCK_N[bm], MAX_BLOCK_N_GROUPED.get(bm, 0))
                                                   for bm in MAX_BLOCK_N}
@@ -276,11 +444,14 @@ def candidate_configs(k: int = 1 << 14, kind: str = "dense") -> list[GemmConfig]
 
 
 def select_config(m: int, n: int, k: int, groups: int = 1, kind: str = "dense",
-                  num_sms: int | None = None, device: int = 0) -> tuple[GemmConfig, int]:
-    """(config, grid size) for a problem on ``device`` (or for ``num_sms`` SMs);
-    ``FP8GEMM_PRINT_CONFIGS=1`` prints each choice."""
+                  num_sms: int | None = None, device: int = 0, variant: str = "bf16") -> tuple[GemmConfig, int]:
+    """(config, grid size) for a problem on ``device`` (or for ``num_sms`` SMs); ``variant``
+    names the output variant (``VARIANTS``; k_grouped is always "wgrad", with ``k`` the mean
+    K of its groups); ``FP8GEMM_PRINT_CONFIGS=1`` prints each choice."""
+    if variant not in VARIANTS:
+        raise ValueError(f"variant must be one of {sorted(VARIANTS)}, got {variant!r}")
     sms = num_sms or get_num_sms(device)
-    cfg, grid = _select(m, n, k, groups, kind, sms)
+    cfg, grid = _select(m, n, k, groups, kind, sms, variant)
     if os.environ.get("FP8GEMM_PRINT_CONFIGS", "0") not in ("", "0"):
         print(f"fp8gemm: {kind} m={m} n={n} k={k} groups={groups} -> BM={cfg.block_m} BN={cfg.block_n} "
               f"stages={cfg.stages} cluster={cfg.cluster}{cfg.multicast_tag} grid={grid} smem={cfg.smem_bytes}",

@@ -209,6 +209,35 @@ def masked(h: Handle, aq, sa, bq, sb, out, masked_m, expected_m: int) -> Callabl
     return lambda: fn(a, b, out, mm, hint, disable_ue8m0_cast=True)
 
 
+def wgrad(h: Handle, aq, sa, bq, sb, out) -> Callable[[], None]:
+    """out[M,N] (fp32) += A . B^T with 1x128 scales on both (DeepGEMM HEAD's SM90 "1D1D" kernel:
+    ``fp8_gemm_nt`` with recipe (1, 1, 128) and c = d): aq [M,K], sa [M,kb] MN-major, bq [N,K],
+    sb [N,kb] MN-major. HEAD's kernel reads A and B with row stride K (contiguous only)."""
+    import torch
+    _check_fp8(torch, "aq", aq, 2)
+    _check_fp8(torch, "bq", bq, 2)
+    a = (_row_major(aq), _sfa_mn_major(torch, sa))
+    b = (_row_major(bq), _sfa_mn_major(torch, sb))
+    fn = h.module.fp8_gemm_nt
+    return lambda: fn(a, b, out, c=out, recipe=(1, 1, 128), disable_ue8m0_cast=True)
+
+
+def k_grouped_wgrad(h: Handle, a_flat, sa_stacked, b_flat, sb_stacked, out, ks) -> Callable[[], None]:
+    """out[g] (fp32 [M,N]) += A_g . B_g^T (HEAD's ``k_grouped_fp8_gemm_nt_contiguous``, SM90):
+    the flat concatenations of the groups' [M,k_g] / [N,k_g] row-major matrices, the stacked
+    scales [sum kb, M] / [sum kb, N] (passed as their MN-major [M, sum kb] views), ks a host
+    list of the groups' K (HEAD wants multiples of 128), out [G,M,N] contiguous."""
+    import torch
+    _check_fp8(torch, "a_flat", a_flat, 1)
+    _check_fp8(torch, "b_flat", b_flat, 1)
+    ks = [int(x) for x in ks]
+    layout = torch.tensor(ks, dtype=torch.int32, device=out.device)
+    a = (_row_major(a_flat), _row_major(sa_stacked).t())
+    b = (_row_major(b_flat), _row_major(sb_stacked).t())
+    fn = h.module.k_grouped_fp8_gemm_nt_contiguous
+    return lambda: fn(a, b, out, ks, layout, c=out, recipe=(1, 1, 128))
+
+
 def calc_diff(h: Handle | None, x, y) -> float:
     """DeepGEMM's similarity measure 1 - 2<x,y>/(|x|^2+|y|^2) (its own function when loaded)."""
     f = getattr(getattr(h.module, "testing", None), "calc_diff", None) if h is not None else None
@@ -284,6 +313,16 @@ def _run_job(h: Handle, job: dict) -> None:
                     torch.empty((g, m, n), dtype=torch.bfloat16, device="cuda"),
                     torch.full((g,), min(job["expected_m"], m), dtype=torch.int32, device="cuda"),
                     job["expected_m"])
+    elif kind == "wgrad":
+        m = job["m"]
+        fn = wgrad(h, _zeros_fp8(torch, (m, k)), _sfa_ones(torch, None, m, kb), _zeros_fp8(torch, (n, k)),
+                   _sfa_ones(torch, None, n, kb), torch.zeros((m, n), dtype=torch.float32, device="cuda"))
+    elif kind == "k_grouped_wgrad":
+        m, ks = job["m"], job["ks"]
+        kbt = sum(-(-x // 128) for x in ks)
+        fn = k_grouped_wgrad(h, _zeros_fp8(torch, (m * sum(ks),)), torch.ones((kbt, m), device="cuda"),
+                             _zeros_fp8(torch, (n * sum(ks),)), torch.ones((kbt, n), device="cuda"),
+                             torch.zeros((len(ks), m, n), dtype=torch.float32, device="cuda"), ks)
     else:
         raise ValueError(f"unknown job kind {kind!r}")
     fn()

@@ -222,20 +222,29 @@ class ParamPack:
 
     def __init__(self, kinds: Sequence[str]):
         self.kinds = list(kinds)
-        self.slots = [_CTYPE[k]() for k in self.kinds]
+        self.slots = [_slot_type(k)() for k in self.kinds]
         self.array = (ctypes.c_void_p * max(1, len(self.slots)))(
             *[ctypes.addressof(s) for s in self.slots])
         self.address = ctypes.addressof(self.array)
 
     def __setitem__(self, i: int, value) -> None:
-        if self.kinds[i] == "tmap":
-            ctypes.memmove(self.slots[i], value, 128)
+        kind = self.kinds[i]
+        if kind == "tmap" or kind.endswith("]"):     # a tensor map, or a whole array, as bytes
+            ctypes.memmove(self.slots[i], value, ctypes.sizeof(self.slots[i]))
         else:
             self.slots[i].value = value
 
+    def set_element(self, i: int, j: int, value) -> None:
+        """Element ``j`` of array parameter ``i`` ("u32[N]": an int; "tmap[N]": 128 bytes)."""
+        if self.kinds[i].startswith("tmap"):
+            ctypes.memmove(ctypes.addressof(self.slots[i]) + 128 * j, value, 128)
+        else:
+            self.slots[i][j] = value
+
     def __getitem__(self, i: int):
         s = self.slots[i]
-        return bytes(s) if self.kinds[i] == "tmap" else s.value
+        kind = self.kinds[i]
+        return bytes(s) if kind == "tmap" or kind.endswith("]") else s.value
 
     def copy(self) -> "ParamPack":
         """A pack of the same kinds holding the same values (its own storage)."""
@@ -243,6 +252,14 @@ class ParamPack:
         for i in range(len(self.kinds)):
             out[i] = self[i]
         return out
+
+
+def _slot_type(kind: str):
+    """ctypes storage of one parameter: a scalar, a 128-byte tensor map, or an array of either."""
+    if kind.endswith("]"):
+        base, n = kind[:-1].split("[")
+        return ctypes.c_uint8 * (128 * int(n)) if base == "tmap" else _CTYPE[base] * int(n)
+    return _CTYPE[kind]
 
 
 # ---- launches ------------------------------------------------------------------------------

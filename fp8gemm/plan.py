@@ -77,11 +77,14 @@ class KernelPlan:
                 self.grid = resident * cfg.cluster
                 self.kernel.set_grid((self.grid, 1, 1))
         self.values = dict(values, block_m=cfg.block_m, block_n=cfg.block_n)
-        self.params = launcher.ParamPack([p.type for p in spec.params])
+        self.params = launcher.ParamPack([p.ptx_type(cfg.groups) for p in spec.params])
         self.debug_buffer = None
         binders = {name: _Binder() for name in self.arguments}
+        self._per_group: list[tuple[int, object]] = []     # (parameter index, its map or Param)
         for i, p in enumerate(spec.params):
-            if p.type == "tmap":
+            if p.per_group:             # filled at launch from the groups' values (k_grouped)
+                self._per_group.append((i, spec.tensor_map(p.name) if p.type == "tmap" else p))
+            elif p.type == "tmap":
                 t = spec.tensor_map(p.name)
                 shape = (tuple(evaluate(x, self.values) for x in t.dims),
                          tuple(evaluate(x, self.values) for x in t.strides),

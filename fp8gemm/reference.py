@@ -75,6 +75,27 @@ def gemm_nt(a_q, a_s, b_q, b_s) -> np.ndarray:
     return dequantize_per_token(a_q, a_s) @ dequantize_per_block(b_q, b_s).T
 
 
+def wgrad_nt(a_q, a_s, b_q, b_s) -> np.ndarray:
+    """The exact answer (float64) of A . B^T with 1x128 scales on both operands (the weight
+    gradient; the kernel adds it to its output)."""
+    return dequantize_per_token(a_q, a_s) @ dequantize_per_token(b_q, b_s).T
+
+
+def k_grouped_wgrad_nt(a_flat, a_s, b_flat, b_s, m: int, n: int, ks) -> np.ndarray:
+    """float64 [G, M, N]: group g's A_g . B_g^T from the flat k-grouped layout (A_g [M, k_g]
+    row-major back to back; scales [sum ceil(k_g/128), M] and [.., N] stacked)."""
+    out = np.zeros((len(ks), m, n))
+    k0 = kb0 = 0
+    for g, k in enumerate(ks):
+        kb = ceil_div(k, 128)
+        if k:
+            a = a_flat[m * k0:m * (k0 + k)].reshape(m, k)
+            b = b_flat[n * k0:n * (k0 + k)].reshape(n, k)
+            out[g] = wgrad_nt(a, a_s[kb0:kb0 + kb].T, b, b_s[kb0:kb0 + kb].T)
+        k0, kb0 = k0 + k, kb0 + kb
+    return out
+
+
 def to_bf16(x: np.ndarray) -> np.ndarray:
     return np.asarray(x, np.float32).astype(BF16)
 

@@ -3,8 +3,8 @@
     python -m fp8gemm.sanitize [--tools memcheck,racecheck,synccheck,initcheck] [--json out.json]
     python -m fp8gemm.sanitize --child [--only NAME]     # the workload alone (what the tools run)
 
-Variants: dense BM 64 / 128 / 256, two-scale BN (112, 192), 2-CTA multicast of A and of B, the
-debug build; contiguous (m_indices, multicast B and A, a padding block, an empty group, a
+Variants: dense BM 16 / 32 / 64 / 128 / 256, two-scale BN (112, 192), 2-CTA multicast of A and of
+B, the debug build; the training variants (fp32 out, fp32 and bf16 with C, wgrad, k-grouped wgrad); contiguous (m_indices, multicast B and A, a padding block, an empty group, a
 ghost tile) and its group_ends form; masked (multicast B, BM 256 with multicast A); both
 casts. Each tool runs the whole workload once; its reports are attributed to kernels by
 name. Every output is also checked against the float64 reference, so a variant that ran
@@ -44,6 +44,16 @@ def variants():
     for c in (GemmConfig(128, 112, 4, kind="masked", cluster=2, multicast_on_a=False),
               GemmConfig(256, 112, 3, kind="masked", cluster=2)):
         out.append((c.name, lambda c=c: _masked(c)))
+    from fp8gemm.config import variant_fields
+    out.append((GemmConfig(16, 64, 8).name, lambda: _dense(GemmConfig(16, 64, 8), m=13)))
+    out.append((GemmConfig(32, 112, 8).name, lambda: _dense(GemmConfig(32, 112, 8), m=45)))
+    for v, bn in (("fp32", 112), ("fp32_c", 128), ("bf16_c", 112)):
+        c = GemmConfig(128, bn, 4, **variant_fields(v))
+        out.append((c.name, lambda c=c: _dense(c)))
+    wg = GemmConfig(128, 144, 4, **variant_fields("wgrad"))
+    out.append((wg.name, lambda: _wgrad(wg)))
+    kg = GemmConfig(64, 112, 4, **variant_fields("wgrad", "k_grouped", 4))
+    out.append((kg.name, lambda: _k_grouped(kg)))
     out.append(("fp8gemm_per_token_cast", lambda: _cast("token")))     # kernels fp8gemm_per_*_cast_<src>
     out.append(("fp8gemm_per_block_cast", lambda: _cast("block")))
     return out
@@ -67,17 +77,64 @@ def _ok(torch, out, lhs, rhs, what):
     assert err <= 2e-3, (what, err)
 
 
-def _dense(cfg):
+def _dense(cfg, m=300):
+    """Any dense output variant: bf16 or fp32 out, with a random C (or none)."""
     import torch
 
     import fp8gemm
-    m = 300
+    from fp8gemm.testing import reference
     a, (bq, sb) = _quantized(torch, fp8gemm, 1, m)
     lhs = fp8gemm.per_token_cast_to_fp8(a)
-    out = torch.full((m, N), float("nan"), device="cuda", dtype=torch.bfloat16)
-    fp8gemm.gemm_fp8_fp8_bf16_nt(lhs, (bq[0], sb[0]), out, config=cfg)
+    dt = getattr(torch, cfg.out_dtype)
+    out = torch.full((m, N), float("nan"), device="cuda", dtype=dt)
+    c = (torch.randn((m, N), device="cuda") * 10).to(dt) if cfg.with_c else None
+    f = fp8gemm.gemm_fp8_fp8_fp32_nt if cfg.out_dtype == "float32" else fp8gemm.gemm_fp8_fp8_bf16_nt
+    f(lhs, (bq[0], sb[0]), out, config=cfg, c=c)
     torch.cuda.synchronize()
-    _ok(torch, out, lhs, (bq[0], sb[0]), cfg.name)
+    if c is None:
+        _ok(torch, out, lhs, (bq[0], sb[0]), cfg.name)
+    else:
+        want = reference(torch, lhs, (bq[0], sb[0])) + c.double()
+        err = ((out.double() - want).norm() / want.norm()).item()
+        assert err <= 2e-3, (cfg.name, err)
+
+
+def _wgrad(cfg):
+    import torch
+
+    import fp8gemm
+    from fp8gemm.testing import reference_wgrad
+    m = 300
+    gen = torch.Generator(device="cuda").manual_seed(5)
+    lhs = fp8gemm.per_token_cast_to_fp8(torch.randn(m, K, device="cuda", generator=gen).bfloat16())
+    rhs = fp8gemm.per_token_cast_to_fp8(torch.randn(N, K, device="cuda", generator=gen).bfloat16())
+    out = torch.randn(m, N, device="cuda", generator=gen)
+    old = out.clone()
+    fp8gemm.wgrad_gemm_fp8_fp8_fp32_nt(lhs, rhs, out, config=cfg)
+    torch.cuda.synchronize()
+    ref = reference_wgrad(torch, lhs, rhs)
+    err = ((out.double() - old.double() - ref).norm() / ref.norm()).item()
+    assert err <= 1e-3, (cfg.name, err)
+
+
+def _k_grouped(cfg):
+    import torch
+
+    import fp8gemm
+    from fp8gemm.testing import k_grouped_inputs, reference_wgrad
+    m, n, ks = 136, N, [640, 0, 144, 256]
+    (a, sa), (b, sb), qa, qb = k_grouped_inputs(torch, m, n, ks, seed=3)
+    out = torch.randn(len(ks), m, n, device="cuda")
+    old = out.clone()
+    fp8gemm.k_grouped_wgrad_gemm_fp8_fp8_fp32_nt((a, sa), (b, sb), out, ks, config=cfg)
+    torch.cuda.synchronize()
+    for g, k in enumerate(ks):
+        if not k:
+            assert torch.equal(out[g], old[g]), (cfg.name, g)
+            continue
+        ref = reference_wgrad(torch, qa[g], qb[g])
+        err = ((out[g].double() - old[g].double() - ref).norm() / ref.norm()).item()
+        assert err <= 1e-3, (cfg.name, g, err)
 
 
 def _contiguous(cfg, psum):
@@ -143,8 +200,9 @@ def _cast(kind):
 
 def child(only: str | None) -> int:
     failed = 0
+    wanted = set(only.split(",")) if only else None
     for name, fn in variants():
-        if only and name != only:
+        if wanted and name not in wanted:
             continue
         try:
             fn()
@@ -206,7 +264,7 @@ def _summary(log: str) -> str:
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--child", action="store_true", help="run the workload (under a sanitizer)")
-    ap.add_argument("--only", help="with --child: one variant")
+    ap.add_argument("--only", help="comma-separated variants to run (default: all)")
     ap.add_argument("--tools", default=",".join(TOOLS))
     ap.add_argument("--logs", help="folder for the raw sanitizer logs")
     ap.add_argument("--json", help="write the table here")
@@ -222,7 +280,7 @@ def main(argv=None) -> int:
     if shutil.which("compute-sanitizer") is None:
         print("fp8gemm.sanitize needs compute-sanitizer on PATH (a CUDA toolkit)", file=sys.stderr)
         return 2
-    names = [n for n, _ in variants()]
+    names = [n for n, _ in variants() if not args.only or n in args.only.split(",")]
     tools = [t for t in args.tools.split(",") if t]
     logs = Path(args.logs) if args.logs else None
     if logs:
@@ -232,7 +290,7 @@ def main(argv=None) -> int:
     env["PYTHONPATH"] = os.pathsep.join(x for x in (str(ROOT), os.environ.get("PYTHONPATH")) if x)
     for tool in tools:
         cmd = ["compute-sanitizer", "--tool", tool, "--show-backtrace", "no", sys.executable, "-m", "fp8gemm.sanitize",
-               "--child"]
+               "--child"] + (["--only", args.only] if args.only else [])
         try:
             r = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=args.timeout)
             log, rc = r.stdout + r.stderr, r.returncode

@@ -19,6 +19,37 @@ def reference(torch, lhs, rhs):
     return ad @ bd.t()
 
 
+def reference_wgrad(torch, lhs, rhs):
+    """float64 A . B^T with 1x128 scales on both operands (scales [rows, ceil(K/128)])."""
+    (aq, sa), (bq, sb) = lhs, rhs
+    k = aq.shape[1]
+    ad = aq.double() * sa.double().repeat_interleave(128, dim=1)[:, :k]
+    bd = bq.double() * sb.double().repeat_interleave(128, dim=1)[:, :k]
+    return ad @ bd.t()
+
+
+def k_grouped_inputs(torch, m, n, ks, seed):
+    """The k-grouped layout from fresh random data: (a_flat, a_scales [sum kb, M]),
+    (b_flat, b_scales [sum kb, N]) and the per-group quantized pairs for references."""
+    import fp8gemm
+    g = torch.Generator(device="cuda").manual_seed(seed)
+    qa, qb = [], []
+    for k in ks:
+        a = torch.randn((m, max(k, 16)), device="cuda", generator=g).to(torch.bfloat16)[:, :k]
+        b = torch.randn((n, max(k, 16)), device="cuda", generator=g).to(torch.bfloat16)[:, :k]
+        qa.append(fp8gemm.per_token_cast_to_fp8(a.contiguous()) if k else None)
+        qb.append(fp8gemm.per_token_cast_to_fp8(b.contiguous()) if k else None)
+    e4m3 = torch.float8_e4m3fn
+
+    def flat(qs, rows):
+        parts = [q.reshape(-1) for q, _ in (x for x in qs if x)]
+        data = torch.cat(parts) if parts else torch.empty(0, device="cuda", dtype=e4m3)
+        sparts = [s.t()[:, :rows] for _, s in (x for x in qs if x)]
+        scales = torch.cat(sparts).contiguous() if sparts else torch.empty((0, rows), device="cuda")
+        return data.contiguous(), scales
+    return flat(qa, m), flat(qb, n), qa, qb
+
+
 def check(torch, out, ref, unquantized=None):
     """(normwise relative error, DeepGEMM diff); asserts every element written and finite."""
     o = out.double()

@@ -18,7 +18,7 @@ ALL_KIND_CONFIGS = [c for kind in ("dense", "contiguous", "contiguous_psum", "ma
 def test_candidate_space_covers_the_design():
     bms = {c.block_m for c in CONFIGS}
     bns = {c.block_n for c in CONFIGS}
-    assert bms == {64, 128, 256}
+    assert bms == {16, 32, 64, 128, 256}
     assert set(range(16, 129, 8)) | {136, 144, 160} <= bns
     assert all(c.smem_bytes <= SMEM_LIMIT for c in CONFIGS)
 
@@ -52,7 +52,8 @@ def test_debug_build_compiles(tmp_path, monkeypatch):
     assert c.resources.spills == 0
 
 
-@pytest.mark.parametrize("cfg", [GemmConfig(64, 24, 8), GemmConfig(128, 112, 4), GemmConfig(256, 128, 3)],
+@pytest.mark.parametrize("cfg", [GemmConfig(64, 24, 8), GemmConfig(128, 112, 4), GemmConfig(256, 128, 3),
+                                 GemmConfig(16, 64, 8)],
                          ids=lambda c: c.name)
 def test_ptx_structure(cfg):
     ptx = template.build(cfg).render()
@@ -70,6 +71,26 @@ def test_ptx_structure(cfg):
     # one unrolled promotion block per split point of the two B-scale blocks
     assert ptx.count("fma.rn.f32") == cfg.block_n // 2 * cfg.waves * len(splits)
     assert "selp.f32" not in ptx
+
+
+def test_small_tiles():
+    """16/32-row tiles: the WGMMA still reads 64 rows of each A stage, so shared memory reaches
+    64 rows past the last stage's start; warps past the tile's rows store nothing and read a
+    valid row's A scale; dense layout only, no cluster."""
+    for cfg in (GemmConfig(16, 16, 1), GemmConfig(16, 32, 8), GemmConfig(32, 64, 16)):
+        lay = cfg.smem_layout
+        assert lay["end"] >= lay["a"] + (cfg.stages - 1) * cfg.block_m * 128 + 64 * 128
+        assert cfg.math_warpgroups == 1 and cfg.waves == 1 and cfg.valid_warps == cfg.block_m // 16
+        ptx = template.build(cfg).render()
+        assert f"and.b32 %sfa_row_in_wave, %row_in_wave, {cfg.block_m - 1};" in ptx
+        assert f"setp.lt.u32 %p_valid_warp, %warp_in_wg, {cfg.valid_warps};" in ptx
+        assert "@!%p_valid_warp bra.uni L_stmatrix_done;" in ptx
+        assert ptx.count("stmatrix.sync.aligned") > 0
+    assert "p_valid_warp" not in template.build(GemmConfig(64, 32, 8)).render()
+    with pytest.raises(ValueError, match="dense layout without a cluster"):
+        GemmConfig(16, 64, 4, cluster=2)
+    with pytest.raises(ValueError, match="dense layout without a cluster"):
+        GemmConfig(32, 64, 4, kind="masked")
 
 
 @pytest.mark.parametrize("bn", [24, 112, 160, 192])

@@ -9,6 +9,8 @@ from __future__ import annotations
 import re
 
 PTX_VERSION = "8.0"
+PTX_VERSION_LARGE_PARAMS = "8.1"   # kernel parameters beyond 4352 bytes need PTX ISA 8.1
+PARAM_LIMIT_8_0 = 4352
 
 # PTX special registers: a user register with one of these names silently reads the
 # special one instead (e.g. %pm0 is a performance counter), so the builder refuses them.
@@ -27,7 +29,7 @@ class Kernel:
                  minnctapersm: int | None = None, maxnreg: int | None = None,
                  header_comment: str = ""):
         self.name = name
-        self.params = params  # (name, type) with type in u32/u64/f32/tmap
+        self.params = params  # (name, type): u32/u64/f32/tmap, or an array "u32[N]" / "tmap[N]"
         self.maxntid = maxntid
         self.minnctapersm = minnctapersm
         self.maxnreg = maxnreg
@@ -104,10 +106,15 @@ class Kernel:
         out += self._globals
         plist = []
         for pname, ty in self.params:
-            if ty == "tmap":  # CUtensorMap, 128 bytes by value, 64-byte aligned
-                plist.append(f"    .param .align 64 .b8 {self.param(pname)}[128]")
+            base, count = split_param_type(ty)
+            if base == "tmap":  # CUtensorMap, 128 bytes by value, 64-byte aligned
+                plist.append(f"    .param .align 64 .b8 {self.param(pname)}[{128 * (count or 1)}]")
+            elif count:         # an array read with a run-time index (ld.param from its address)
+                plist.append(f"    .param .align {PARAM_BYTES[base]} .b8 {self.param(pname)}[{PARAM_BYTES[base] * count}]")
             else:
                 plist.append(f"    .param .{ty} {self.param(pname)}")
+        version = PTX_VERSION if param_bytes(self.params) <= PARAM_LIMIT_8_0 else PTX_VERSION_LARGE_PARAMS
+        out[1] = f".version {version}"
         out.append(f".visible .entry {self.name}(")
         out.append(",\n".join(plist))
         out.append(")")
@@ -126,6 +133,27 @@ class Kernel:
         out += self._lines
         out.append("}")
         return "\n".join(out) + "\n"
+
+
+PARAM_BYTES = {"u32": 4, "s32": 4, "f32": 4, "u64": 8, "tmap": 128}
+
+
+def split_param_type(ty: str) -> tuple[str, int]:
+    """"u32" -> ("u32", 0); "tmap[8]" -> ("tmap", 8): an array of 8."""
+    if ty.endswith("]"):
+        base, n = ty[:-1].split("[")
+        return base, int(n)
+    return ty, 0
+
+
+def param_bytes(params) -> int:
+    """Bytes of parameter space, each parameter at its natural alignment (tensor maps at 64)."""
+    total = 0
+    for _, ty in params:
+        base, count = split_param_type(ty)
+        align = 64 if base == "tmap" else PARAM_BYTES[base]
+        total = -(-total // align) * align + PARAM_BYTES[base] * (count or 1)
+    return total
 
 
 def param_kinds(kernel: Kernel) -> list[str]:

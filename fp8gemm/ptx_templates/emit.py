@@ -12,7 +12,7 @@ from typing import Sequence
 from .builder import Kernel
 
 DEBUG_SPIN_LIMIT = 1 << 26      # try_wait rounds before a debug build reports and traps
-DEBUG_CODES = {"full": 1, "empty": 2}
+DEBUG_CODES = {"full": 1, "empty": 2, "c": 3}
 
 TMA_LOAD = "cp.async.bulk.tensor.{rank}d.shared::cluster.global.tile.mbarrier::complete_tx::bytes"
 TMA_STORE = "cp.async.bulk.tensor.{rank}d.global.shared::cta.bulk_group"
@@ -117,6 +117,13 @@ def wgmma_desc(k: Kernel, addr_lo: str, offset16: int = 0) -> str:
     k(f"add.u32 {lo}, {addr_lo}, {offset16}", f"+{offset16 * 16} bytes along K" if offset16 else None)
     k(f"mov.b64 {d}, {{{lo}, {SMEM_DESC_HI_128B}}}")
     return d
+
+
+def ldmatrix(k: Kernel, addr: str, regs: Sequence[str]) -> None:
+    """``ldmatrix`` of 2 or 4 8x8 b16 matrices: the inverse of ``stmatrix`` at the same addresses
+    (each lane gets back the fragment it would have stored)."""
+    shape = {2: "x2", 4: "x4"}[len(regs)]
+    k(f"ldmatrix.sync.aligned.m8n8.{shape}.shared.b16 {{{', '.join(regs)}}}, [{addr}]")
 
 
 def stmatrix(k: Kernel, addr: str, regs: Sequence[str]) -> None:

@@ -24,11 +24,19 @@ from .scheduler import STRIP, for_config  # noqa: F401  (STRIP: re-exported for 
 from .spec import KernelSpec, Param
 
 PRODUCER_REGS = 40
+# D = C + A.B: C is loaded into the D tile after this many K blocks of the tile (or after its
+# last, if fewer): by then the previous tile's TMA stores have read the D tile, so the storing
+# threads' wait for that costs nothing.
+C_LOAD_AFTER_K_BLOCKS = 2
 MATH_REGS = {1: 240, 2: 232}
 
 
 def _sfa_stage_bytes(cfg: GemmConfig) -> int:
     return (cfg.block_m * 4 + 127) // 128 * 128
+
+
+def _sfb_stage_bytes(cfg: GemmConfig) -> int:
+    return (cfg.block_n * 4 + 127) // 128 * 128
 
 
 class GemmGen:
@@ -38,16 +46,19 @@ class GemmGen:
         self.c = cfg
         self.sched = for_config(cfg)
         self.spec = self._make_spec()
-        self.k = Kernel(cfg.name, [(p.name, p.type) for p in self.spec.params], maxntid=cfg.threads,
+        self.k = Kernel(cfg.name, [(p.name, p.ptx_type(cfg.groups)) for p in self.spec.params], maxntid=cfg.threads,
                         minnctapersm=1, header_comment=f"FP8 GEMM {cfg}")
         self.k.global_decl(".extern .shared .align 1024 .b8 smem[];")
 
     def _make_spec(self) -> KernelSpec:
         c, sched = self.c, self.sched
         maps = sched.tensor_maps()
-        params = [Param(t.param, "tmap", f"tensor map of {t.array}") for t in maps]
-        params += [Param("sfb", "u64", "B scales: f32 [G, ceil(N/128), ceil(K/128)] row-major", array="b_scales"),
-                   Param("debug", "u64", "debug builds: where a stuck wait reports (0: none)", array="debug")]
+        params = [Param(t.param, "tmap", f"tensor map of {t.array}" + (", one per group" if t.per_group else ""),
+                        per_group=t.per_group) for t in maps]
+        if c.b_scales == "block":
+            params.append(Param("sfb", "u64", "B scales: f32 [G, ceil(N/128), ceil(K/128)] row-major",
+                                array="b_scales"))
+        params.append(Param("debug", "u64", "debug builds: where a stuck wait reports (0: none)", array="debug"))
         params += [p for p in sched.params() if p.type == "u64"]
         params += [Param(x, "u32", f"problem {x.upper() if x != 'groups' else 'groups'}", value=x)
                    for x in ("m", "n", "k", "groups")]
@@ -72,7 +83,8 @@ class GemmGen:
         for name in ("m", "n", "k"):
             k.load_param("u32", f"shape_{name}", name)
         k.load_param("u32", "groups", "groups")
-        k.load_param("u64", "sfb_ptr", "sfb")
+        if c.b_scales == "block":
+            k.load_param("u64", "sfb_ptr", "sfb")
         k.load_param("u64", "debug_buf", "debug")
         for p in self.spec.params:
             if p.name == "layout":
@@ -83,11 +95,11 @@ class GemmGen:
                 k.load_param("u32", "d_stride", "d_stride")
         for t in self.spec.tensor_maps:
             r = k.reg("u64", t.param)
-            k(f"mov.u64 {r}, {k.param(t.param)}")
+            k(f"mov.u64 {r}, {k.param(t.param)}", "per group: the first of the array" if t.per_group else None)
             k(f"cvta.param.u64 {r}, {r}")
         base = k.reg("u32", "smem_base")
         k(f"mov.u32 {base}, smem")
-        for region in ("d", "a", "b", "sfa", "bar"):
+        for region in ("d", "a", "b", "sfa") + (("sfb",) if c.b_scales == "row" else ()) + ("bar",):
             r = k.reg("u32", f"smem_{region}")
             k(f"add.u32 {r}, {base}, {lay[region]}")
         k.reg("u32", "k_blocks")
@@ -107,11 +119,15 @@ class GemmGen:
         k(f"setp.eq.u32 {p_init}, {thread}, {producer_first}")
         k(f"@!{p_init} bra.uni L_init_done")
         for t in self.spec.tensor_maps:
-            k(f"prefetch.tensormap [%{t.param}]")
+            if not t.per_group:
+                k(f"prefetch.tensormap [%{t.param}]")
         for s in range(c.stages):
             k(f"mbarrier.init.shared::cta.b64 [%smem_bar+{8 * s}], 1", f"full[{s}]: the producer's arrive + TMA bytes")
             k(f"mbarrier.init.shared::cta.b64 [%smem_bar+{8 * (c.stages + s)}], {4 * c.math_warpgroups * c.cluster}",
               f"empty[{s}]: one arrive per math warp" + (" of both CTAs" if c.cluster > 1 else ""))
+        if c.with_c:
+            k(f"mbarrier.init.shared::cta.b64 [%smem_bar+{16 * c.stages}], {c.d_store_threads}",
+              "c_full: each storing thread's box of C landed")
         k("fence.mbarrier_init.release.cluster")
         k("fence.proxy.async.shared::cta")
         k.label("L_init_done")
@@ -170,11 +186,19 @@ class GemmGen:
         k(f"mad.lo.u32 {ssf}, {stage}, {_sfa_stage_bytes(c)}, %smem_sfa")
         kx = k.reg("u32", "pk_elem")
         k(f"shl.b32 {kx}, {kb}, 7")
+        kb_scale = kb
+        if tile.kb_base is not None:
+            kb_scale = k.reg("u32", "pkb_scale")
+            k(f"add.u32 {kb_scale}, {kb}, {tile.kb_base}", "the scales' K block: the group's first + kb")
         loads = [("a", sa, sched.a_coords(tile, kx), "A tile: 128 K x BM rows"),
                  ("b", sb, sched.b_coords(tile, kx), "B tile: 128 K x BN rows"),
-                 ("sfa", ssf, sched.sfa_coords(tile, kb), "A scales: BM rows of K block kb")]
+                 ("sfa", ssf, sched.sfa_coords(tile, kb_scale), "A scales: BM rows of K block kb")]
+        if c.b_scales == "row":
+            ssfb = k.reg("u32", "pdst_sfb")
+            k(f"mad.lo.u32 {ssfb}, {stage}, {_sfb_stage_bytes(c)}, %smem_sfb")
+            loads.append(("sfb", ssfb, sched.sfb_coords(tile, kb_scale), "B scales: BN columns of K block kb"))
         for name, dst, coords, what in loads:
-            tmap = f"%tmap_{name}"
+            tmap = tile.tmaps.get(name, f"%tmap_{name}")
             if name not in shared:
                 emit.tma_load(k, tmap, dst, coords, full, comment=what)
             elif tile.mc_valid is None:
@@ -188,7 +212,7 @@ class GemmGen:
         emit.advance_ring(k, stage, phase, c.stages)
         k(f"add.u32 {kb}, {kb}, 1")
         p_more = k.reg("pred", "p_prod_more")
-        k(f"setp.lt.u32 {p_more}, {kb}, %k_blocks")
+        k(f"setp.lt.u32 {p_more}, {kb}, {tile.k_blocks}")
         k(f"@{p_more} bra.uni L_prod_k")
         sched.emit_advance(k, "prod")
         k("bra.uni L_prod_tile")
@@ -216,13 +240,21 @@ class GemmGen:
         k.comment("accumulator rows of this thread within a 64-row slab: r and r + 8")
         k("shr.u32 %row_in_wave, %lane, 2")
         k("mad.lo.u32 %row_in_wave, %warp_in_wg, 16, %row_in_wave")
+        sfa_row = "%row_in_wave"
+        if c.valid_warps < 4:
+            k.comment(f"a {c.block_m}-row tile: warps {c.valid_warps}..3 compute rows that were never loaded; "
+                      "they read some valid row's A scale (never used) and store nothing")
+            sfa_row = k.reg("u32", "sfa_row_in_wave")
+            k(f"and.b32 {sfa_row}, %row_in_wave, {c.block_m - 1}")
+            k.reg("pred", "p_valid_warp")
+            k(f"setp.lt.u32 %p_valid_warp, %warp_in_wg, {c.valid_warps}")
         # first tile row of this warpgroup's slab for each wave
         slab = [k.reg("u32", f"slab_row_{w}") for w in range(waves)]
         for w in range(waves):
             k(f"mad.lo.u32 {slab[w]}, %wg, 64, {w * 64 * c.math_warpgroups}")
         k.reg("pred", "p_lane0")
         k("setp.eq.u32 %p_lane0, %lane, 0")
-        store_threads = (bn * 2) // c.d_swizzle if c.d_swizzle else 1
+        store_threads = c.d_store_threads
         k.reg("pred", "p_storer")
         k(f"setp.lt.u32 %p_storer, %thread, {store_threads}")
         math_threads = 128 * c.math_warpgroups
@@ -233,10 +265,48 @@ class GemmGen:
         sched.emit_begin(k, "math")
         acc = k.regs("f32", "acc", nacc)
         fin = [k.regs("f32", f"final{w}", nacc) for w in range(waves)]
-        two_scales = 128 % bn != 0
+        two_scales = 128 % bn != 0 and c.b_scales == "block"
 
+        if c.with_c:
+            k.reg("u32", "c_phase")
+            k("mov.u32 %c_phase, 0")
+            k.reg("u32", "c_full")
+            k(f"add.u32 %c_full, %smem_bar, {16 * c.stages}")
+            k.reg("u32", "c_box_bytes")
+            k(f"min.u32 %c_box_bytes, %shape_m, {c.block_m}", "the boxes of C and D: at most M rows")
+            atom_bytes = c.d_swizzle or c.block_n * c.out_bytes
+            k(f"mul.lo.u32 %c_box_bytes, %c_box_bytes, {atom_bytes}")
+        if c.b_scales == "row":
+            k.reg("u32", "sfb_col_off")
+            k("and.b32 %sfb_col_off, %lane, 3")
+            k("shl.b32 %sfb_col_off, %sfb_col_off, 3", "this thread's 2 columns of each 8-column slice, in bytes")
         k.label("L_math_tile")
         tile = sched.emit_next(k, "math", "L_math_end")
+        if c.with_c:
+            k.reg("u32", "c_issue_kb")
+            k(f"sub.u32 %c_issue_kb, {tile.k_blocks}, 1")
+            k(f"min.u32 %c_issue_kb, %c_issue_kb, {C_LOAD_AFTER_K_BLOCKS}",
+              "load C a few K blocks in: the previous tile's stores have read the D tile by then")
+        if c.b_scales == "block":
+            self.tile_b_scales(tile, two_scales)
+        for w in range(waves):
+            for r in fin[w]:
+                k(f"mov.f32 {r}, 0f00000000")
+        if c.b_scales == "block":
+            k.reg("f32", "sb0")
+            k("ld.global.nc.f32 %sb0, [%sfb_row0]")
+            if two_scales:
+                k.reg("f32", "sb1")
+                k("ld.global.nc.f32 %sb1, [%sfb_row1]")
+        k.reg("u32", "kb")
+        k("mov.u32 %kb, 0")
+        self.k_loop(tile, acc, fin, slab, sfa_row, two_scales)
+        self.tile_end(tile, fin, store_threads, math_threads)
+
+    def tile_b_scales(self, tile, two_scales: bool) -> None:
+        """128x128 B scales: the tile's row(s) of them, read from global memory one K block ahead."""
+        c, k, sched = self.c, self.k, self.sched
+        bn = c.block_n
         k.comment("B-scale rows for this tile (a tile may straddle two 128-wide N blocks); "
                   "%sfb_row0/1 then step along K with the prefetch")
         k.reg("u64", "sfb_row0")
@@ -261,17 +331,10 @@ class GemmGen:
             step = k.tmp("u32", "row1_step")
             k(f"selp.u32 {step}, %k_blocks, 0, {more}", "else: reread the first row (never used)")
             k(f"mad.wide.u32 %sfb_row1, {step}, 4, %sfb_row0")
-        for w in range(waves):
-            for r in fin[w]:
-                k(f"mov.f32 {r}, 0f00000000")
-        k.reg("f32", "sb0")
-        k("ld.global.nc.f32 %sb0, [%sfb_row0]")
-        if two_scales:
-            k.reg("f32", "sb1")
-            k("ld.global.nc.f32 %sb1, [%sfb_row1]")
-        k.reg("u32", "kb")
-        k("mov.u32 %kb, 0")
 
+    def k_loop(self, tile, acc, fin, slab, sfa_row: str, two_scales: bool) -> None:
+        c, k = self.c, self.k
+        bn, waves = c.block_n, c.waves
         k.label("L_math_k")
         k.reg("u32", "full_bar")
         k("mad.lo.u32 %full_bar, %stage, 8, %smem_bar")
@@ -288,11 +351,16 @@ class GemmGen:
         # WGMMA descriptors: start address >> 4 in the low word
         k.reg("u32", "desc_b_lo")
         k("shr.u32 %desc_b_lo, %b_stage, 4")
+        col_scales = None
+        if c.b_scales == "row":
+            k.reg("u32", "sfb_stage")
+            k(f"mad.lo.u32 %sfb_stage, %stage, {_sfb_stage_bytes(c)}, %smem_sfb")
+            k("add.u32 %sfb_stage, %sfb_stage, %sfb_col_off")
         for w in range(waves):
             k.stage(f"K block: wave {w} (rows slab_row_{w} + 0..63): WGMMA then promotion")
             sa = [k.reg("f32", f"sa{w}_{h}") for h in range(2)]
             row = k.tmp("u32", "sfa_row")
-            k(f"add.u32 {row}, {slab[w]}, %row_in_wave")
+            k(f"add.u32 {row}, {slab[w]}, {sfa_row}")
             sfa_addr = k.tmp("u32", "sfa_addr")
             k(f"mad.lo.u32 {sfa_addr}, {row}, 4, %sfa_stage")
             k(f"ld.shared.f32 {sa[0]}, [{sfa_addr}]")
@@ -308,7 +376,10 @@ class GemmGen:
                 scale_d = "%p_false" if kk == 0 else "%p_true"
                 k(f"wgmma.mma_async.sync.aligned.m64n{bn}k32.f32.e4m3.e4m3 {acc_list}, {da}, {db}, {scale_d}, 1, 1")
             k("wgmma.commit_group.sync.aligned")
-            scales = self.scale_products(sa, two_scales, prefetch=w == waves - 1)
+            if c.b_scales == "block":
+                scales = self.scale_products(sa, two_scales, prefetch=w == waves - 1)
+            elif col_scales is None:
+                col_scales = self.column_scales()
             k("wgmma.wait_group.sync.aligned 0")
             if w == waves - 1:
                 k.comment("stage fully read (A/B by WGMMA, A scales above): release it")
@@ -320,12 +391,23 @@ class GemmGen:
                     # A scales were loaded before the WGMMAs)
                     emit.arrive_remote(k, "%peer_empty", "%p_lane0",
                                        "and on the peer's: its producer may multicast into this CTA")
-            self.promote(acc, fin[w], scales, two_scales)
+            if c.b_scales == "block":
+                self.promote(acc, fin[w], scales, two_scales)
+            else:
+                self.promote_per_column(acc, fin[w], sa, col_scales)
+        if c.with_c:
+            p = k.reg("pred", "p_load_c")
+            k("setp.eq.u32 %p_load_c, %kb, %c_issue_kb")
+            k("@!%p_load_c bra.uni L_c_issued")
+            self.load_c(tile)
         emit.advance_ring(k, "%stage", "%phase", c.stages)
         k("add.u32 %kb, %kb, 1")
         k.reg("pred", "p_math_more")
-        k("setp.lt.u32 %p_math_more, %kb, %k_blocks")
+        k(f"setp.lt.u32 %p_math_more, %kb, {tile.k_blocks}")
         k("@%p_math_more bra.uni L_math_k")
+
+    def tile_end(self, tile, fin, store_threads: int, math_threads: int) -> None:
+        c, k, sched = self.c, self.k, self.sched
 
         if tile.ghost is not None:
             k(f"@{tile.ghost} bra.uni L_epilogue_done", "a ghost tile is the peer's: nothing to store")
@@ -415,13 +497,91 @@ class GemmGen:
                 k(f"bra.uni {done}")
         k.label(done)
 
+    def column_scales(self) -> list[tuple[str, str]]:
+        """Per-row B scales: this thread's two columns of every 8-column slice for this K block,
+        from the stage's TMA-loaded row of BN scales. Read while the WGMMAs run, and before the
+        stage is released."""
+        k = self.k
+        regs = []
+        for i in range(self.c.block_n // 8):
+            lo, hi = k.reg("f32", f"sbc{i}_0"), k.reg("f32", f"sbc{i}_1")
+            k(f"ld.shared.v2.f32 {{{lo}, {hi}}}, [%sfb_stage+{32 * i}]")
+            regs.append((lo, hi))
+        return regs
+
+    def promote_per_column(self, acc, fin, sa, col_scales) -> None:
+        """final += acc * (sfa[row] * sfb[col]): with 1x128 scales on both operands every
+        element has its own scale product (one FMUL and one FFMA each)."""
+        k = self.k
+        for i, pair in enumerate(col_scales):
+            for q in range(4):
+                j = 4 * i + q
+                p = k.tmp("f32", "sab")
+                k(f"mul.rn.f32 {p}, {sa[q // 2]}, {pair[q % 2]}")
+                k(f"fma.rn.f32 {fin[j]}, {acc[j]}, {p}, {fin[j]}")
+
+    def load_c(self, tile) -> None:
+        """D = C + A.B: each storing thread loads its swizzle atom of C into the D tile, once
+        its own previous store has finished reading that atom; the load runs under the K loop
+        and completes on ``c_full``."""
+        c, k = self.c, self.k
+        k.comment("C: each storing thread's atom of the tile, into the D tile (its last store has read it)")
+        k("@!%p_storer bra L_c_issued", "divergent: only the storing lanes")
+        k("cp.async.bulk.wait_group.read 0")
+        k("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%c_full], %c_box_bytes")
+        dst, n0 = self._atom_of_thread(tile)
+        emit.tma_load(k, "%tmap_c", dst, self.sched.d_coords(tile, n0), "%c_full",
+                      comment="C atom -> D tile")
+        k.label("L_c_issued")
+
+    def _atom_of_thread(self, tile) -> tuple[str, str]:
+        """(shared address, first column) of the output atom this storing thread moves."""
+        c, k = self.c, self.k
+        swz = c.d_swizzle
+        if not swz:
+            return "%smem_d", tile.n0
+        src, n0 = k.tmp("u32", "dsrc"), k.tmp("u32", "dn0")
+        k(f"mad.lo.u32 {src}, %thread, {c.block_m * swz}, %smem_d", "this thread stores one swizzle atom")
+        k(f"mad.lo.u32 {n0}, %thread, {swz // c.out_bytes}, {tile.n0}")
+        return src, n0
+
     def epilogue(self, fin, tile, store_threads: int, math_threads: int) -> None:
         c, k = self.c, self.k
-        bn, swz = c.block_n, c.d_swizzle
-        k.stage("EPILOGUE: bf16 -> stmatrix into the swizzled D tile -> TMA store")
-        k.comment("the previous tile's stores must have finished reading the D tile")
-        k("@%p_storer cp.async.bulk.wait_group.read 0")
+        swz = c.d_swizzle
+        if c.out_dtype == "bfloat16":
+            k.stage("EPILOGUE: bf16 -> stmatrix into the swizzled D tile -> TMA store"
+                    + (" (C added from the tile first)" if c.with_c else ""))
+        else:
+            k.stage("EPILOGUE: fp32 pairs into the swizzled D tile -> TMA store"
+                    + (" (C added from the tile first)" if c.with_c else ""))
+        if c.with_c:
+            k.comment("wait for the tile of C: it sits where D goes, and its load was issued only after "
+                      "the previous tile's stores had read the D tile")
+            emit.wait(k, "%c_full", "%c_phase", "c", "0", c.debug)
+            k("xor.b32 %c_phase, %c_phase, 1")
+        else:
+            k.comment("the previous tile's stores must have finished reading the D tile")
+            k("@%p_storer cp.async.bulk.wait_group.read 0")
+            k(f"bar.sync 1, {math_threads}")
+        if c.valid_warps < 4:
+            k("@!%p_valid_warp bra.uni L_stmatrix_done", "rows past the tile: nothing to store")
+        if c.out_dtype == "bfloat16":
+            self.tile_to_smem_bf16(fin)
+        else:
+            self.tile_to_smem_f32(fin)
+        if c.valid_warps < 4:
+            k.label("L_stmatrix_done")
+        k("fence.proxy.async.shared::cta", "make the D tile visible to the TMA engine")
         k(f"bar.sync 1, {math_threads}")
+        k("@!%p_storer bra.uni L_store_done")
+        src, n0 = self._atom_of_thread(tile)
+        emit.tma_store(k, "%tmap_d", src, self.sched.d_coords(tile, n0))
+        k("cp.async.bulk.commit_group")
+        k.label("L_store_done")
+
+    def tile_to_smem_bf16(self, fin) -> None:
+        """bf16 pairs through stmatrix x4 (with C: ldmatrix x4 of the same places first, added)."""
+        c, k = self.c, self.k
         # stmatrix x4: lanes 8j..8j+7 give the row addresses of matrix j
         mat = k.tmp("u32", "mat")
         k(f"shr.u32 {mat}, %lane, 3")
@@ -433,13 +593,18 @@ class GemmGen:
         k(f"mad.lo.u32 {mrow}, %warp_in_wg, 16, {mrow}")
         pair = k.tmp("u32", "mslice")
         k(f"shr.u32 {pair}, {mat}, 1", "matrices 2, 3 hold the next 8-column slice")
-        nsl = bn // 8
+        nsl = c.block_n // 8
         for w, f in enumerate(fin):
             row = k.tmp("u32", "drow")
             k(f"add.u32 {row}, {mrow}, %slab_row_{w}")
             i = 0
             while i < nsl:
                 cnt = 2 if i + 1 < nsl else 1
+                col = None
+                if c.with_c:
+                    col = self._stmatrix_col(pair, i, cnt)
+                    addr = self.d_smem_addr(row, col)
+                    self._add_c_bf16(f, i, cnt, addr)
                 regs = []
                 for s in range(cnt):
                     for h in range(2):
@@ -447,26 +612,60 @@ class GemmGen:
                         j = 4 * (i + s) + 2 * h
                         k(f"cvt.rn.bf16x2.f32 {r}, {f[j + 1]}, {f[j]}")
                         regs.append(r)
-                col = k.tmp("u32", "dcol")
-                if cnt == 2:
-                    k(f"mad.lo.u32 {col}, {pair}, 8, {8 * i}")
-                else:
-                    k(f"mov.u32 {col}, {8 * i}")
-                emit.stmatrix(k, self.d_smem_addr(row, col), regs)
+                if col is None:
+                    col = self._stmatrix_col(pair, i, cnt)
+                    addr = self.d_smem_addr(row, col)
+                emit.stmatrix(k, addr, regs)
                 i += cnt
-        k("fence.proxy.async.shared::cta", "make the D tile visible to the TMA engine")
-        k(f"bar.sync 1, {math_threads}")
-        k("@!%p_storer bra.uni L_store_done")
-        if swz:
-            cols = swz // 2
-            src, n0 = k.tmp("u32", "dsrc"), k.tmp("u32", "dn0")
-            k(f"mad.lo.u32 {src}, %thread, {c.block_m * swz}, %smem_d", "this thread stores one swizzle atom")
-            k(f"mad.lo.u32 {n0}, %thread, {cols}, {tile.n0}")
+
+    def _stmatrix_col(self, pair: str, i: int, cnt: int) -> str:
+        k = self.k
+        col = k.tmp("u32", "dcol")
+        if cnt == 2:
+            k(f"mad.lo.u32 {col}, {pair}, 8, {8 * i}")
         else:
-            src, n0 = "%smem_d", tile.n0
-        emit.tma_store(k, "%tmap_d", src, self.sched.d_coords(tile, n0))
-        k("cp.async.bulk.commit_group")
-        k.label("L_store_done")
+            k(f"mov.u32 {col}, {8 * i}")
+        return col
+
+    def _add_c_bf16(self, f, i: int, cnt: int, addr: str) -> None:
+        """f[slices i, i + cnt) += C from the tile: ldmatrix returns the stmatrix fragment layout."""
+        k = self.k
+        regs = [k.tmp("b32", "cbf2") for _ in range(2 * cnt)]
+        emit.ldmatrix(k, addr, regs)
+        for s in range(cnt):
+            for h in range(2):
+                j = 4 * (i + s) + 2 * h
+                lo, hi = k.tmp("b16", "c_lo"), k.tmp("b16", "c_hi")
+                k(f"mov.b32 {{{lo}, {hi}}}, {regs[2 * s + h]}")
+                for half, dst in ((lo, f[j]), (hi, f[j + 1])):
+                    x = k.tmp("f32", "cval")
+                    k(f"cvt.f32.bf16 {x}, {half}")
+                    k(f"add.rn.f32 {dst}, {dst}, {x}")
+
+    def tile_to_smem_f32(self, fin) -> None:
+        """fp32 pairs with st.shared.v2 at each thread's own fragment places (with C: ld.shared.v2
+        of the same places first, added): rows r, r + 8, columns 8i + 2 (lane % 4) + 0, 1."""
+        c, k = self.c, self.k
+        c0 = k.tmp("u32", "dcol0")
+        k(f"and.b32 {c0}, %lane, 3")
+        k(f"shl.b32 {c0}, {c0}, 1")
+        for w, f in enumerate(fin):
+            for h in range(2):
+                row = k.tmp("u32", "drow")
+                k(f"add.u32 {row}, %slab_row_{w}, %row_in_wave")
+                if h:
+                    k(f"add.u32 {row}, {row}, 8")
+                for i in range(c.block_n // 8):
+                    col = k.tmp("u32", "dcol")
+                    k(f"add.u32 {col}, {c0}, {8 * i}")
+                    addr = self.d_smem_addr(row, col)
+                    j = 4 * i + 2 * h
+                    if c.with_c:
+                        x, y = k.tmp("f32", "cval"), k.tmp("f32", "cval")
+                        k(f"ld.shared.v2.f32 {{{x}, {y}}}, [{addr}]")
+                        k(f"add.rn.f32 {f[j]}, {f[j]}, {x}")
+                        k(f"add.rn.f32 {f[j + 1]}, {f[j + 1]}, {y}")
+                    k(f"st.shared.v2.f32 [{addr}], {{{f[j]}, {f[j + 1]}}}")
 
     def clipped_store(self, fin, tile) -> None:
         """Store only the block's first ``tile.rows`` rows, straight from the registers (the
@@ -511,17 +710,18 @@ class GemmGen:
         c, k = self.c, self.k
         swz = c.d_swizzle
         addr = k.tmp("u32", "daddr")
+        elt = c.out_bytes
         if not swz:
-            k(f"mad.lo.u32 {addr}, {row}, {c.block_n * 2}, %smem_d")
-            k(f"mad.lo.u32 {addr}, {col}, 2, {addr}")
+            k(f"mad.lo.u32 {addr}, {row}, {c.block_n * elt}, %smem_d")
+            k(f"mad.lo.u32 {addr}, {col}, {elt}, {addr}")
             return addr
-        atom_cols = swz // 2
+        atom_cols = swz // elt
         atom, inatom = k.tmp("u32", "datom"), k.tmp("u32", "dinatom")
         k(f"div.u32 {atom}, {col}, {atom_cols}")
         k(f"rem.u32 {inatom}, {col}, {atom_cols}")
         k(f"mul.lo.u32 {addr}, {atom}, {c.block_m * swz}")
         k(f"mad.lo.u32 {addr}, {row}, {swz}, {addr}")
-        k(f"mad.lo.u32 {addr}, {inatom}, 2, {addr}")
+        k(f"mad.lo.u32 {addr}, {inatom}, {elt}, {addr}")
         k(f"add.u32 {addr}, {addr}, %smem_d")
         # TMA swizzle: 16-byte chunk index ^= (address bits 7..) within the swizzle span
         x = k.tmp("u32", "dxor")

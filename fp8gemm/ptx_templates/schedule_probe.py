@@ -2,7 +2,7 @@
 
 Each CTA's first thread walks the real scheduler emitter (the same PTX the GEMM runs)
 and writes one record per tile: (group, m block, n block, row, ghost, multicast valid,
-valid rows, 0) as u32, at ``out[(cta * max_tiles + i) * 8]``, and its tile count at
+valid rows, first scale K block (k_grouped; else 0)) as u32, at ``out[(cta * max_tiles + i) * 8]``, and its tile count at
 ``counts[cta]``. Tests compare this with the scheduler's Python ``tiles()``.
 """
 from __future__ import annotations
@@ -16,9 +16,17 @@ PARAMS = [("layout", "u64"), ("out", "u64"), ("counts", "u64"), ("m", "u32"), ("
           ("groups", "u32"), ("max_tiles", "u32")]
 
 
+def params(cfg: GemmConfig) -> list[tuple[str, str]]:
+    """The probe's parameters: the layout's device array, or (k_grouped) its per-group arrays
+    after the common ones, filled with each group's K blocks and first scale row."""
+    if cfg.kind == "k_grouped":
+        return PARAMS + [("group_kb", f"u32[{cfg.groups}]"), ("group_kb_start", f"u32[{cfg.groups}]")]
+    return PARAMS
+
+
 def build(cfg: GemmConfig) -> Kernel:
     sched = for_config(cfg)
-    k = Kernel(f"schedule_probe_{cfg.name}", PARAMS, maxntid=32, header_comment=f"tile schedule of {cfg}")
+    k = Kernel(f"schedule_probe_{cfg.name}", params(cfg), maxntid=32, header_comment=f"tile schedule of {cfg}")
     k.stage("inputs the scheduler reads")
     k.load_param("u64", "layout_ptr", "layout")
     k.load_param("u64", "out_ptr", "out")
@@ -28,6 +36,10 @@ def build(cfg: GemmConfig) -> Kernel:
     k.load_param("u32", "groups", "groups")
     k.load_param("u32", "max_tiles", "max_tiles")
     sched.emit_cluster_ranks(k, cfg.cluster)
+    if cfg.kind == "k_grouped":          # the per-group map addresses are computed, never used
+        for op in ("a", "b"):
+            k.reg("u64", f"tmap_{op}")
+            k(f"mov.u64 %tmap_{op}, 0")
     sched.emit_setup(k)
     p, tid, cta = k.reg("pred", "p_first"), k.reg("u32", "thread_idx"), k.reg("u32", "cta_idx")
     k(f"mov.u32 {tid}, %tid.x")
@@ -50,16 +62,17 @@ def build(cfg: GemmConfig) -> Kernel:
         vals.append(r)
     rows = k.reg("u32", "rec_rows")
     k(f"mov.u32 {rows}, {t.rows if t.rows else cfg.block_m}")
-    vals += [rows, "0"]
+    vals += [rows, t.kb_base or "0"]
     room = k.reg("pred", "p_room")
     k(f"setp.lt.u32 {room}, {count}, %max_tiles")
     slot = k.reg("u32", "slot")
     k(f"mad.lo.u32 {slot}, {cta}, %max_tiles, {count}")
     addr = k.reg("u64", "rec_addr")
     k(f"mad.wide.u32 {addr}, {slot}, {4 * RECORD_WORDS}, %out_ptr")
-    zero = k.reg("u32", "zero")
-    k(f"mov.u32 {zero}, 0")
-    vals[-1] = zero
+    if t.kb_base is None:
+        zero = k.reg("u32", "zero")
+        k(f"mov.u32 {zero}, 0")
+        vals[-1] = zero
     k(f"@{room} st.global.v4.u32 [{addr}], {{{', '.join(vals[:4])}}}")
     k(f"@{room} st.global.v4.u32 [{addr}+16], {{{', '.join(vals[4:])}}}")
     k(f"add.u32 {count}, {count}, 1")

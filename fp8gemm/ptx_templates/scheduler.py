@@ -47,6 +47,9 @@ class Tile:
     ghost: str | None        # pred: recompute the peer's tile, store nothing (None: never)
     mc_valid: str | None     # pred: the pair shares its multicast operand (None: always)
     rows: str | None = None  # u32 valid rows of this block when stores must clip (psum)
+    k_blocks: str = "%k_blocks"   # u32 K blocks of this tile (k_grouped: its group's)
+    kb_base: str | None = None    # u32 the tile's first K block in the scale arrays (k_grouped)
+    tmaps: dict = dataclasses.field(default_factory=dict)   # operand -> its tensor map's address
 
 
 @dataclasses.dataclass(frozen=True)
@@ -93,28 +96,61 @@ class Scheduler:
 
     def tensor_maps(self) -> list[TensorMap]:
         c = self.c
-        swz = c.d_swizzle
-        d_box_n = swz // 2 if swz else c.block_n
-        a_bytes, b_bytes, sfa_bytes = c.block_m * BLOCK_K, c.block_n * BLOCK_K, c.block_m * 4
+        a, b = self.operand_maps()
+        sfa = self.sfa_map()
+        maps = [a, b, sfa]
+        if c.b_scales == "row":
+            maps.append(self.sfb_map())
+        maps.append(self.out_map("tmap_d", "out", "out"))
+        if c.with_c:
+            maps.append(self.out_map("tmap_c", "c", "c"))
+        return maps
+
+    def operand_maps(self) -> tuple[TensorMap, TensorMap]:
+        """A and B: 128 K x rows boxes, 128-byte swizzle (the WGMMA's K-major layout)."""
+        c = self.c
+        a_bytes, b_bytes = c.block_m * BLOCK_K, c.block_n * BLOCK_K
         if self.a_is_grouped:
             a = TensorMap("tmap_a", "a", "uint8", ("k", "m", "groups"), ("a_stride", "a_group_stride"),
                           (BLOCK_K, c.block_m, 1), 128, a_bytes)
-            sfa = TensorMap("tmap_sfa", "a_scales", "float32", ("m", "kb", "groups"),
-                            ("sfa_stride * 4", "sfa_group_stride * 4"), (c.block_m, 1, 1), 0, sfa_bytes)
-            d = TensorMap("tmap_d", "out", "bfloat16", ("n", "m", "groups"),
-                          ("out_stride * 2", "out_group_stride * 2"), (d_box_n, "min(block_m, m)", 1), swz)
         else:
             a = TensorMap("tmap_a", "a", "uint8", ("k", "m"), ("a_stride",), (BLOCK_K, c.block_m), 128, a_bytes)
-            sfa = TensorMap("tmap_sfa", "a_scales", "float32", ("m", "kb"), ("sfa_stride * 4",),
-                            (c.block_m, 1), 0, sfa_bytes)
-            d = TensorMap("tmap_d", "out", "bfloat16", ("n", "m"), ("out_stride * 2",),
-                          (d_box_n, "min(block_m, m)"), swz)
         if self.b_is_grouped:
             b = TensorMap("tmap_b", "b", "uint8", ("k", "n", "groups"), ("b_stride", "b_group_stride"),
                           (BLOCK_K, c.block_n, 1), 128, b_bytes)
         else:
             b = TensorMap("tmap_b", "b", "uint8", ("k", "n"), ("b_stride",), (BLOCK_K, c.block_n), 128, b_bytes)
-        return [a, b, sfa, d]
+        return a, b
+
+    def sfa_map(self) -> TensorMap:
+        """A's scales, MN-major: a box of BM rows of one K block."""
+        c = self.c
+        if self.a_is_grouped:
+            return TensorMap("tmap_sfa", "a_scales", "float32", ("m", "kb", "groups"),
+                             ("sfa_stride * 4", "sfa_group_stride * 4"), (c.block_m, 1, 1), 0, c.block_m * 4)
+        return TensorMap("tmap_sfa", "a_scales", "float32", ("m", "kb"), ("sfa_stride * 4",),
+                         (c.block_m, 1), 0, c.block_m * 4)
+
+    def sfb_map(self) -> TensorMap:
+        """Per-row B scales (1x128, MN-major like A's): a box of BN columns of one K block."""
+        c = self.c
+        return TensorMap("tmap_sfb", "b_scales", "float32", ("n", "kb"), ("sfb_stride * 4",),
+                         (c.block_n, 1), 0, c.block_n * 4)
+
+    def out_map(self, param: str, array: str, stride: str) -> TensorMap:
+        """D (or C, which has D's layout): boxes of one swizzle atom, at most M rows (a box taller
+        than the array would not clip small-M stores)."""
+        c = self.c
+        swz, elt = c.d_swizzle, c.out_bytes
+        box_n = swz // elt if swz else c.block_n
+        if self.a_is_grouped or self.out_is_grouped:
+            return TensorMap(param, array, c.out_dtype, ("n", "m", "groups"),
+                             (f"{stride}_stride * {elt}", f"{stride}_group_stride * {elt}"),
+                             (box_n, "min(block_m, m)", 1), swz)
+        return TensorMap(param, array, c.out_dtype, ("n", "m"), (f"{stride}_stride * {elt}",),
+                         (box_n, "min(block_m, m)"), swz)
+
+    out_is_grouped = False   # D is [G, M, N] while A is not (k_grouped)
 
     a_is_grouped = False     # A, its scales and D are [G, rows, cols] (3-D maps)
     b_is_grouped = True      # B is [G, N, K]
@@ -188,11 +224,15 @@ class Scheduler:
     def sfa_coords(self, t: Tile, kb: str) -> list[str]:
         return [t.m0, kb, t.group] if self.a_is_grouped else [t.row, kb]
 
+    def sfb_coords(self, t: Tile, kb: str) -> list[str]:
+        """Per-row B scales (``b_scales == "row"``): BN columns of K block kb."""
+        return [t.n0, kb]
+
     def b_coords(self, t: Tile, k_elem: str) -> list[str]:
         return [k_elem, t.n0, t.group] if self.b_is_grouped else [k_elem, t.n0]
 
     def d_coords(self, t: Tile, col: str) -> list[str]:
-        return [col, t.m0, t.group] if self.a_is_grouped else [col, t.row]
+        return [col, t.m0, t.group] if self.a_is_grouped or self.out_is_grouped else [col, t.row]
 
     def emit_sfb_row(self, k: Kernel, t: Tile) -> str:
         """Index of the tile's first row of B scales in the [G * ceil(N/128), K blocks] array."""
@@ -614,7 +654,108 @@ class GroupEnds(Segmented):
         return out
 
 
-SCHEDULERS = {cls.kind: cls for cls in (Dense, Contiguous, Masked, GroupEnds)}
+class KGrouped(Scheduler):
+    """Grouped along K (the weight gradients of a layer of experts): group g multiplies
+    A_g [M, k_g] by B_g [N, k_g]^T into its own slice of D [G, M, N].
+
+    Every group has the same M x N tiles, so unit u is tile u % T of group u // T (T tiles a
+    group). The groups' A and B lie back to back in flat arrays, each with row stride k_g, so
+    each group has its own two tensor maps: arrays of G maps among the parameters, encoded at
+    launch from the groups' K (``per_group``), as are each group's K blocks and its first row
+    in the stacked MN-major scales. A group with no K block is skipped: its slice of D is
+    neither read nor written.
+    """
+    kind = "k_grouped"
+    layout_param = None
+    b_is_grouped = False
+    out_is_grouped = True
+    groups_multiply_units = True
+
+    def params(self) -> list[Param]:
+        return [Param("group_kb", "u32", "K blocks of each group", value="ceil_div(k_g, 128)", per_group=True),
+                Param("group_kb_start", "u32", "K blocks before each group: its first row of the scales",
+                      value="kb_start_g", per_group=True)]
+
+    def operand_maps(self) -> tuple[TensorMap, TensorMap]:
+        c = self.c
+        a = TensorMap("tmap_a", "a", "uint8", ("k_g", "m"), ("k_g",), (BLOCK_K, c.block_m), 128,
+                      c.block_m * BLOCK_K, per_group=True, offset="m * k_start_g")
+        b = TensorMap("tmap_b", "b", "uint8", ("k_g", "n"), ("k_g",), (BLOCK_K, c.block_n), 128,
+                      c.block_n * BLOCK_K, per_group=True, offset="n * k_start_g")
+        return a, b
+
+    def sfa_map(self) -> TensorMap:
+        c = self.c
+        return TensorMap("tmap_sfa", "a_scales", "float32", ("m", "kb_total"), ("sfa_stride * 4",),
+                         (c.block_m, 1), 0, c.block_m * 4)
+
+    def sfb_map(self) -> TensorMap:
+        c = self.c
+        return TensorMap("tmap_sfb", "b_scales", "float32", ("n", "kb_total"), ("sfb_stride * 4",),
+                         (c.block_n, 1), 0, c.block_n * 4)
+
+    def emit_setup(self, k: Kernel) -> None:
+        super().emit_setup(k)
+        self._emit_whole_m_counts(k)
+        k.reg("u32", "tiles_per_group")
+        k("mov.u32 %tiles_per_group, %num_units")
+        k("mul.lo.u32 %num_units, %num_units, %groups")
+        for name in ("group_kb", "group_kb_start"):
+            k.reg("u64", f"{name}_addr")
+            k(f"mov.u64 %{name}_addr, {k.param(name)}", "an array in parameter space, read at run-time indices")
+
+    def emit_next(self, k: Kernel, role: str, done: str) -> Tile:
+        unit = f"%{role}_unit"
+        top, found = k.fresh_label(f"{role}_next"), k.fresh_label(f"{role}_found")
+        t = self._tile_regs(k, role)
+        t.k_blocks, t.kb_base = k.reg("u32", f"{role}_kb_count"), k.reg("u32", f"{role}_kb_base")
+        k.label(top)
+        p = k.tmp("pred", "p_no_work")
+        k(f"setp.ge.u32 {p}, {unit}, %num_units")
+        k(f"@{p} bra.uni {done}")
+        k(f"div.u32 {t.group}, {unit}, %tiles_per_group")
+        addr = k.tmp("u64", "group_param")
+        k(f"mad.wide.u32 {addr}, {t.group}, 4, %group_kb_addr")
+        k(f"ld.param.u32 {t.k_blocks}, [{addr}]")
+        empty = k.tmp("pred", "p_empty_group")
+        k(f"setp.ne.u32 {empty}, {t.k_blocks}, 0")
+        k(f"@{empty} bra.uni {found}")
+        self.emit_advance(k, role)
+        k(f"bra.uni {top}", "a group with K = 0: its slice stays as it was")
+        k.label(found)
+        local = k.tmp("u32", "unit_in_group")
+        k(f"mul.lo.u32 {local}, {t.group}, %tiles_per_group")
+        k(f"sub.u32 {local}, {unit}, {local}")
+        um, un = self._rasterize(k, local, "%units_m")
+        self._expand_pair(k, t, um, un, "%m_blocks")
+        self._finish(k, t)
+        k(f"mad.wide.u32 {addr}, {t.group}, 4, %group_kb_start_addr")
+        k(f"ld.param.u32 {t.kb_base}, [{addr}]")
+        for op in ("a", "b"):
+            r = k.reg("u64", f"{role}_tmap_{op}")
+            k(f"mad.wide.u32 {r}, {t.group}, 128, %tmap_{op}", f"group's map of {op.upper()}")
+            t.tmaps[op] = r
+        return t
+
+    def tiles(self, grid, m, n, groups=1, layout=None):
+        """``layout``: the groups' K."""
+        c = self.c
+        mb, nb = _ceil(m, c.block_m), _ceil(n, c.block_n)
+        per_group = mb * nb
+        ks = list(layout)[:groups]
+        out = {}
+        for cta, rank, start, step in self._ctas(grid):
+            out[cta] = []
+            for u in range(start, per_group * groups, step):
+                g, local = divmod(u, per_group)
+                if _ceil(ks[g], BLOCK_K) == 0:
+                    continue
+                a, b = self._raster(local, mb, nb)
+                out[cta].append(TileRecord(g, a, b, a * c.block_m, False, True, c.block_m))
+        return out
+
+
+SCHEDULERS = {cls.kind: cls for cls in (Dense, Contiguous, Masked, GroupEnds, KGrouped)}
 
 
 def for_config(cfg: GemmConfig) -> Scheduler:

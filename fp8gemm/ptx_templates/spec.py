@@ -30,6 +30,12 @@ class Param:
     doc: str = ""
     array: str | None = None  # launch argument whose device address this is
     value: Expr | None = None  # problem-value expression for scalars
+    per_group: bool = False   # an array of one element per group (k_grouped: the values or maps of
+                              # each group, from the per-group values k_g, k_start_g, kb_start_g)
+
+    def ptx_type(self, groups: int) -> str:
+        """The builder's type: "u32", or "u32[G]" / "tmap[G]" for a per-group array."""
+        return f"{self.type}[{groups}]" if self.per_group else self.type
 
 
 @dataclasses.dataclass(frozen=True)
@@ -42,6 +48,9 @@ class TensorMap:
     box: tuple[Expr, ...]
     swizzle: int                     # 0, 32, 64 or 128 bytes
     stage_bytes: int = 0             # bytes one pipeline stage expects from this map (loads)
+    per_group: bool = False          # one map per group (in a "tmap[G]" parameter), each from the
+                                     # group's values (k_g, ...) and at ``offset`` bytes into the array
+    offset: Expr = 0                 # bytes from the launch argument's pointer to the mapped data
 
     @property
     def rank(self) -> int:
