@@ -3,7 +3,7 @@
 # timeout, logs under $OUT/work (tarred into $OUT/logs.tgz at the end: the device returns at most
 # 8 files), JSON results copied to $OUT, a short summary printed last.
 #
-#   tools/h200_session.sh [dgbuild] [tests] [sanitize[:NAMES]] [explore] [bench-wgrad] [bench-gemm]
+#   tools/h200_session.sh [dgbuild] [smoke] [tests] [sanitize[:NAMES]] [explore] [bench-wgrad] [bench-gemm]
 #                         [bench-grouped] [fuzz] [quant]
 #
 # dgbuild builds DeepGEMM from .deepgemm (git-ignored; carried) in the background; the bench
@@ -29,6 +29,10 @@ for step in "$@"; do
       (cd "$DG" && timeout 300 python3 setup.py build_ext --inplace -j 16 > "$W/dgbuild.log" 2>&1) &
       DG_PID=$!
       continue ;;
+    smoke)
+      FP8GEMM_DEBUG=1 timeout 150 python3 tools/bringup_smoke.py > "$W/smoke.log" 2>&1
+      rc=$?; say "smoke rc=$rc"; grep -E "^[a-z0-9_]+ +(rel|FAILED)" "$W/smoke.log" | tee -a "$LOG"
+      [ $rc = 0 ] || { say "smoke failed: skipping the remaining steps"; tail -30 "$W/smoke.log" | tee -a "$LOG"; break; } ;;
     tests)
       timeout 420 python3 -m pytest -q -m gpu tests -n 8 -p no:cacheprovider -rfEs > "$W/tests.log" 2>&1
       say "tests rc=$? $(tail -1 "$W/tests.log")"
