@@ -41,11 +41,10 @@ def check_batch_sizes(who: str, batch_sizes: Any, groups: int) -> tuple[int, ...
 
 
 def group_values(ks: Sequence[int]) -> list[dict[str, int]]:
-    """Each group's values for the per-group spec expressions: k_g, k_start_g, kb_start_g. An
-    empty group (the kernel skips it) gets a placeholder K so its tensor maps still encode."""
+    """Each group's values for the per-group spec expressions: k_g, k_start_g, kb_start_g."""
     out, k0, kb0 = [], 0, 0
     for k in ks:
-        out.append({"k_g": k or 16, "k_start_g": k0, "kb_start_g": kb0, "k_blocks_g": ceil_div(k, BLOCK_K)})
+        out.append({"k_g": k, "k_start_g": k0, "kb_start_g": kb0, "k_blocks_g": ceil_div(k, BLOCK_K)})
         k0 += k
         kb0 += ceil_div(k, BLOCK_K)
     return out
@@ -143,7 +142,9 @@ class KGroupedPlan(KernelPlan):
                 v = dict(values, **gv)
                 if spec.params[i].type == "tmap":
                     base = ptrs[what.array] + evaluate(what.offset, v)
-                    params.set_element(i, g, self._encode(what, base, v))
+                    # an empty group's maps are never used (it has no K block), but must encode
+                    enc = dict(v, k_g=max(v["k_g"], 16))
+                    params.set_element(i, g, self._encode(what, base, enc))
                 else:
                     params.set_element(i, g, evaluate(what.value, v))
 

@@ -228,3 +228,13 @@ def test_k_grouped_validation():
         fp8gemm.plan_k_grouped_wgrad_gemm(128, 256, 121)
     with pytest.raises(ValueError, match="N = 12 must be a multiple of 8"):
         fp8gemm.plan_k_grouped_wgrad_gemm(128, 12, 2)
+
+
+def test_group_values():
+    """An empty group keeps K = 0 (so no K block: the kernel skips it); the starts add up."""
+    from fp8gemm.wgrad import group_values
+    gv = group_values([256, 0, 144, 16])
+    assert [g["k_g"] for g in gv] == [256, 0, 144, 16]
+    assert [g["k_start_g"] for g in gv] == [0, 256, 256, 400]
+    assert [g["kb_start_g"] for g in gv] == [0, 2, 2, 4]
+    assert [g["k_blocks_g"] for g in gv] == [2, 0, 2, 1]
