@@ -18,7 +18,15 @@ from .quant import per_block_cast_to_fp8, per_token_cast_to_fp8
 from .reference import ceil_div
 from .wgrad import KGroupedPlan, k_grouped_wgrad_gemm_fp8_fp8_fp32_nt, plan_k_grouped_wgrad_gemm
 
-__version__ = "0.1.0"
+
+
+def __getattr__(name: str):
+    """``__version__`` on first use: reading package metadata costs milliseconds at import."""
+    if name == "__version__":
+        from ._version import package_version
+        globals()["__version__"] = version = package_version()
+        return version
+    raise AttributeError(f"module 'fp8gemm' has no attribute {name!r}")
 
 
 def get_tma_aligned_size(m: int, element_size: int = 4) -> int:

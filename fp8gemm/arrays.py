@@ -62,13 +62,7 @@ class DeviceArray:
         self.ptr = int(ptr)
         self.shape = tuple(int(s) for s in shape)
         self.dtype = canonical_dtype(dtype)
-        if strides is None:
-            strides, acc = [], 1
-            for s in reversed(self.shape):
-                strides.append(acc)
-                acc *= max(s, 1)
-            strides = list(reversed(strides))
-        self.strides = tuple(int(s) for s in strides)
+        self.strides = _row_major(self.shape) if strides is None else tuple(int(s) for s in strides)
         if len(self.strides) != len(self.shape):
             raise ValueError(f"strides {self.strides} do not match shape {self.shape}")
         self.device = device
@@ -166,7 +160,7 @@ def _from_cai(cai: dict, obj: Any, name: str) -> View:
     shape = tuple(int(s) for s in cai["shape"])
     isz = DTYPES[dtype]
     if cai.get("strides") is None:
-        strides = DeviceArray(0, shape, dtype).strides
+        strides = _row_major(shape)
     else:
         bstr = cai["strides"]
         if any(b % isz for b in bstr):
@@ -175,6 +169,10 @@ def _from_cai(cai: dict, obj: Any, name: str) -> View:
     return View(int(cai["data"][0]), shape, strides, dtype, None, obj, "cai")
 
 
+# DLPack is parsed here, not by cuda.core's StridedMemoryView: cuda.core 1.2.2 cannot name the
+# dtype of a float8_e4m3fn capsule (DLPack code 10: TypeError), and its __cuda_array_interface__
+# path queries the driver for every view, while our argument checks must all come before any
+# device query. Measured on CPU (tools/bench_array_views.py, benchmarks/NOTES.md 2026-12-03).
 class _DLDevice(ctypes.Structure):
     _fields_ = [("device_type", ctypes.c_int32), ("device_id", ctypes.c_int32)]
 
@@ -190,35 +188,50 @@ class _DLTensor(ctypes.Structure):
 
 
 _KDL_CUDA, _KDL_CUDA_MANAGED = 2, 13
+# A DLManagedTensorVersioned starts with DLPackVersion (8 bytes), manager_ctx, deleter and flags
+# (8 each) before its DLTensor; a legacy DLManagedTensor starts with the DLTensor.
+_VERSIONED_TENSOR_OFFSET = 32
+
+# CPython's capsule calls, prototyped once here: setting restype/argtypes on the shared
+# ctypes.pythonapi functions per call cost microseconds and could clash with another library's.
+_capsule_pointer = ctypes.PYFUNCTYPE(ctypes.c_void_p, ctypes.py_object, ctypes.c_char_p)(
+    ("PyCapsule_GetPointer", ctypes.pythonapi))
+_capsule_is_valid = ctypes.PYFUNCTYPE(ctypes.c_int, ctypes.py_object, ctypes.c_char_p)(
+    ("PyCapsule_IsValid", ctypes.pythonapi))
 
 
 def _from_dlpack(obj: Any, name: str) -> View:
     capsule = obj.__dlpack__()
-    get = ctypes.pythonapi.PyCapsule_GetPointer
-    get.restype, get.argtypes = ctypes.c_void_p, [ctypes.py_object, ctypes.c_char_p]
-    is_versioned = ctypes.pythonapi.PyCapsule_IsValid
-    is_versioned.restype, is_versioned.argtypes = ctypes.c_int, [ctypes.py_object, ctypes.c_char_p]
-    if is_versioned(capsule, b"dltensor"):
-        addr = get(capsule, b"dltensor")          # DLManagedTensor: DLTensor comes first
-    elif is_versioned(capsule, b"dltensor_versioned"):
-        addr = get(capsule, b"dltensor_versioned") + 16   # skip DLPackVersion(8) + manager_ctx(8)
-        addr += 16                                        # deleter(8) + flags(8)
+    if _capsule_is_valid(capsule, b"dltensor"):
+        addr = _capsule_pointer(capsule, b"dltensor")
+    elif _capsule_is_valid(capsule, b"dltensor_versioned"):
+        addr = _capsule_pointer(capsule, b"dltensor_versioned") + _VERSIONED_TENSOR_OFFSET
     else:
         raise TypeError(f"{name}: __dlpack__ returned an unknown capsule")
     t = _DLTensor.from_address(addr)
-    if t.device.device_type not in (_KDL_CUDA, _KDL_CUDA_MANAGED):
+    device = t.device
+    if device.device_type not in (_KDL_CUDA, _KDL_CUDA_MANAGED):
         where = {1: "a host (CPU) array", 3: "a pinned host (CUDA host) array"}.get(
-            t.device.device_type, f"on DLPack device type {t.device.device_type}, not CUDA")
+            device.device_type, f"on DLPack device type {device.device_type}, not CUDA")
         raise ValueError(f"{name}: is {where}; expected a CUDA device array")
-    key = (t.dtype.code, t.dtype.bits)
-    if key not in _DL_TYPES or t.dtype.lanes != 1:
-        raise TypeError(f"{name}: DLPack dtype code={t.dtype.code} bits={t.dtype.bits} is not supported")
-    dtype = _DL_TYPES[key]
-    shape = tuple(t.shape[i] for i in range(t.ndim))
-    strides = (tuple(t.strides[i] for i in range(t.ndim)) if t.strides
-               else DeviceArray(0, shape, dtype).strides)
+    dt = t.dtype
+    dtype = _DL_TYPES.get((dt.code, dt.bits))
+    if dtype is None or dt.lanes != 1:
+        raise TypeError(f"{name}: DLPack dtype code={dt.code} bits={dt.bits} is not supported")
+    ndim = t.ndim
+    shape = tuple(t.shape[:ndim])
+    strides = tuple(t.strides[:ndim]) if t.strides else _row_major(shape)
     ptr = (t.data or 0) + t.byte_offset
-    return View(ptr, shape, strides, dtype, t.device.device_id, (obj, capsule), "dlpack")
+    return View(ptr, shape, strides, dtype, device.device_id, (obj, capsule), "dlpack")
+
+
+def _row_major(shape: tuple[int, ...]) -> tuple[int, ...]:
+    """Element strides of a C-contiguous array (the protocols' 'strides absent')."""
+    strides, acc = [], 1
+    for s in reversed(shape):
+        strides.append(acc)
+        acc *= max(s, 1)
+    return tuple(reversed(strides))
 
 
 # ---- validation --------------------------------------------------------------------------

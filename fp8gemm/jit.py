@@ -145,11 +145,15 @@ def parse_resources(log_text: str) -> Resources:
 
 # ---- cache ---------------------------------------------------------------------------------
 def cache_dir() -> Path:
+    """FP8GEMM_CACHE_DIR when set (``~`` expanded), else ``$XDG_CACHE_HOME/fp8gemm``, else
+    ``~/.cache/fp8gemm``. Per the XDG Base Directory spec an empty or relative XDG_CACHE_HOME is
+    invalid and ignored (a relative one would put the cache wherever the process happens to run)."""
     d = os.environ.get("FP8GEMM_CACHE_DIR")
     if d:
-        return Path(d)
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return Path(base) / "fp8gemm"
+        return Path(d).expanduser()
+    xdg = os.environ.get("XDG_CACHE_HOME", "")
+    base = Path(xdg) if os.path.isabs(xdg) else Path.home() / ".cache"
+    return base / "fp8gemm"
 
 
 def _pack_entry(meta: dict, cubin: bytes) -> bytes:

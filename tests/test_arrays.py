@@ -54,6 +54,28 @@ def test_dlpack_host_array_rejected():
         as_view(np.zeros((4, 4), np.float32), "x")
 
 
+class OnlyDLPack:
+    """A numpy array seen through __dlpack__ alone; ``versioned`` asks for a DLPack 1.x capsule."""
+
+    def __init__(self, x, versioned):
+        self.x, self.versioned = x, versioned
+
+    def __dlpack__(self, stream=None, max_version=None, **_):
+        return self.x.__dlpack__(max_version=(1, 0)) if self.versioned else self.x.__dlpack__()
+
+
+@pytest.mark.parametrize("versioned", [False, True])
+def test_dlpack_capsules_legacy_and_versioned(monkeypatch, versioned):
+    x = np.zeros((6, 8), np.float32)[::2, 1:]            # strided, offset from its base
+    with pytest.raises(ValueError, match="x: is a host \\(CPU\\) array"):
+        as_view(OnlyDLPack(x, versioned), "x")
+    monkeypatch.setattr(arrays, "_KDL_CUDA_MANAGED", 1)  # let the host capsule stand in for a device one
+    v = as_view(OnlyDLPack(x, versioned), "x")
+    assert (v.ptr, v.shape, v.strides, v.dtype, v.framework) == (x.ctypes.data, (3, 7), (16, 1), "float32", "dlpack")
+    v = as_view(OnlyDLPack(np.zeros((2, 3), np.int32), versioned), "x")
+    assert (v.shape, v.strides, v.dtype) == ((2, 3), (3, 1), "int32")
+
+
 def test_unknown_object_rejected():
     with pytest.raises(TypeError, match="x: cannot use an object of type list"):
         as_view([1, 2, 3], "x")

@@ -152,3 +152,22 @@ def test_sass_pass_variant_is_part_of_the_cache_key(monkeypatch):
     tag, fn = jit._sass_pass(True)
     with pytest.raises(ValueError, match="mode"):
         fn(b"")
+
+
+# ---- where the cache lives -------------------------------------------------------------------
+@pytest.mark.parametrize("ours, xdg, want", [
+    ("/opt/k", "/xdg", "/opt/k"),                       # FP8GEMM_CACHE_DIR first
+    ("~/kernels", None, "HOME/kernels"),                # ~ expanded
+    (None, "/xdg", "/xdg/fp8gemm"),                     # then an absolute XDG_CACHE_HOME
+    (None, "relative/cache", "HOME/.cache/fp8gemm"),    # a relative one is invalid (XDG spec): ignored
+    (None, "", "HOME/.cache/fp8gemm"),                  # so is an empty one
+    ("", None, "HOME/.cache/fp8gemm"),                  # an empty FP8GEMM_CACHE_DIR counts as unset
+])
+def test_cache_dir_follows_the_xdg_rules(monkeypatch, tmp_path, ours, xdg, want):
+    monkeypatch.setenv("HOME", str(tmp_path))
+    for name, value in (("FP8GEMM_CACHE_DIR", ours), ("XDG_CACHE_HOME", xdg)):
+        if value is None:
+            monkeypatch.delenv(name, raising=False)
+        else:
+            monkeypatch.setenv(name, value)
+    assert jit.cache_dir() == Path(want.replace("HOME", str(tmp_path)))

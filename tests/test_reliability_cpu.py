@@ -259,3 +259,35 @@ def test_validation_cache_still_checks_every_pointer():
         fp8gemm.gemm_fp8_fp8_bf16_nt(*arrays(shift_a=8))
     with pytest.raises(ValueError, match="b_scales: data pointer must be 4-byte aligned"):
         fp8gemm.gemm_fp8_fp8_bf16_nt(*arrays(shift_sb=2))
+
+
+# ---- the version string is written once, in pyproject.toml ------------------------------------
+def test_version_is_the_one_in_pyproject():
+    from fp8gemm._version import version_in_pyproject
+    written = version_in_pyproject(ROOT / "pyproject.toml")
+    assert written and fp8gemm.__version__ == written
+    assert "__version__ =" not in (ROOT / "fp8gemm" / "__init__.py").read_text()
+
+
+def test_version_without_package_metadata_reads_the_checkouts_pyproject(monkeypatch):
+    """A checkout run with PYTHONPATH=. and nothing installed still knows its version."""
+    from importlib import metadata
+
+    from fp8gemm import _version
+
+    def not_installed(name):
+        raise metadata.PackageNotFoundError(name)
+    monkeypatch.setattr(metadata, "version", not_installed)
+    assert _version.package_version() == _version.version_in_pyproject(ROOT / "pyproject.toml")
+    monkeypatch.setattr(_version, "version_in_pyproject", lambda path: None)
+    assert _version.package_version() == _version.UNKNOWN
+
+
+def test_version_in_pyproject_reads_only_fp8gemms_project_table(tmp_path):
+    from fp8gemm._version import version_in_pyproject
+    p = tmp_path / "pyproject.toml"
+    p.write_text('[tool.x]\nversion = "9"\n[project]\nname = "fp8gemm"\nversion = "1.2.3"\n[tool.y]\nversion = "8"\n')
+    assert version_in_pyproject(p) == "1.2.3"
+    p.write_text('[project]\nname = "other"\nversion = "1.2.3"\n')
+    assert version_in_pyproject(p) is None
+    assert version_in_pyproject(tmp_path / "missing.toml") is None
