@@ -237,19 +237,35 @@ def block_ms_for(kind: str) -> tuple[int, ...]:
     return BLOCK_MS
 
 
-def heuristic_block_ms(kind: str) -> tuple[int, ...]:
-    """Block M values the heuristic tries: grouped layouts stop at 128 rows (measured: a
-    256-row masked tile ran 0.68x DeepGEMM where 128x192 ran 1.33x, benchmarks/NOTES.md)."""
+def heuristic_block_ms(kind: str, m: int | None = None) -> tuple[int, ...]:
+    """Block M values the heuristic tries. Grouped layouts stop at 128 rows (measured: a
+    256-row masked tile ran 0.68x DeepGEMM where 128x192 ran 1.33x, benchmarks/NOTES.md).
+    Dense problems of M <= 32 rows take the smallest tile of 16 or 32 rows that holds them:
+    forced on the H200 (explore-small), 16/32-row tiles beat the 64-row ones the model
+    picked on all six decode shapes tried (+6 to +50 %), the 64-row A box being mostly
+    zero fill that costs TMA and shared-memory time every K block."""
     if kind == "dense":
+        if m is not None and m <= max(SMALL_BLOCK_MS):
+            return (min(bm for bm in SMALL_BLOCK_MS if bm >= m),)
         return tuple(bm for bm in BLOCK_MS if bm not in SMALL_BLOCK_MS)
     return tuple(bm for bm in block_ms_for(kind) if bm <= 128)
 
 
-def max_stages(block_m: int, block_n: int, k: int | None = None, cap: int = 8, **variant) -> int:
+# Stage caps: 16/32-row tiles have small stages, and a decode GEMM streams B from DRAM, so
+# they keep up to 16 K blocks in flight (DeepGEMM HEAD runs up to 16 stages there too).
+STAGE_CAP = 8
+SMALL_TILE_STAGE_CAP = 16
+
+
+def stage_cap(block_m: int) -> int:
+    return SMALL_TILE_STAGE_CAP if block_m in SMALL_BLOCK_MS else STAGE_CAP
+
+
+def max_stages(block_m: int, block_n: int, k: int | None = None, cap: int | None = None, **variant) -> int:
     """The most stages that fit shared memory (and no more than there are K blocks); ``variant``:
     the other ``GemmConfig`` fields that change shared memory (kind, out_dtype, with_c, ...)."""
     best = 0
-    for s in range(1, cap + 1):
+    for s in range(1, (cap or stage_cap(block_m)) + 1):
         try:
             GemmConfig(block_m, block_n, s, **variant)
         except ValueError:
@@ -271,7 +287,7 @@ def ceil_div(a: int, b: int) -> int:
 # A tile costs max of the two per K block plus its epilogue; the busiest SM runs
 # ceil(tiles / SMs) tiles.
 L2_BYTES_PER_CLK = 64.0
-MMA_EFFICIENCY = {64: 0.65, 128: 0.85, 256: 0.92}
+MMA_EFFICIENCY = {64: 0.65, 128: 0.85, 256: 0.92}   # keyed by WGMMA rows per tile
 MAX_BLOCK_N = {16: 192, 32: 192, 64: 192, 128: 160, 256: 128}   # accumulator + promoted registers must fit
 MAX_BLOCK_N_GROUPED = {64: 192, 128: 192}      # 128x192 measured best on both grouped tables
 MAX_BLOCK_N_CLUSTER = {16: 0, 32: 0, 64: 160, 128: 160, 256: 128}   # 16/32: no cluster   # 64x192 spills with the cluster bookkeeping
@@ -286,14 +302,36 @@ L2_BYTES_PER_CLK_GROUPED = 40.0
 
 
 def tile_cycles(bm: int, bn: int, k: int, two_scale_penalty: float = TWO_SCALE_PENALTY,
-                l2_bytes_per_clk: float = L2_BYTES_PER_CLK) -> float:
+                l2_bytes_per_clk: float = L2_BYTES_PER_CLK, dram_per_k_block: float = 0.0) -> float:
     kb = ceil_div(k, BLOCK_K)
-    mma = bm * bn / 32 / MMA_EFFICIENCY[bm]
+    rows = max(bm, WGMMA_M)              # a 16/32-row tile still runs 64-row WGMMAs
+    mma = rows * bn / 32 / MMA_EFFICIENCY[rows]
     if 128 % bn:
         mma *= two_scale_penalty
     load = (bm + bn) * BLOCK_K / l2_bytes_per_clk
+    if 128 % bn:
+        # a memory-bound two-scale tile is slower too (16x7168x16384: BN=64 x 112 tiles beat
+        # BN=56 x 128 by 13 %, explore-decode-2112): charge its K block, not just the MMA
+        dram_per_k_block *= two_scale_penalty
     epilogue = bm * bn * 2 / l2_bytes_per_clk + 200
-    return kb * max(mma, load) + epilogue
+    return kb * max(mma, load, dram_per_k_block) + epilogue
+
+
+# Memory-bound problems (few rows: B is read once from DRAM, and no MMA work hides it). The
+# busiest SM's unique bytes per K block (B shared by the M tiles through L2, A by the N tiles)
+# arrive at its share of DRAM bandwidth, and no faster than one SM draws. Fitted to the H200's
+# forced decode configs (benchmarks/NOTES.md, explore-small): BN=16 x 132 tiles beats BN=32 x 66
+# at N=2112 (each SM at its 1/132 share), BN=32 x 128 beats BN=64 x 64 at N=4096 (64 tiles would
+# need 34 B/clk per SM), BN=64 x 112 beats BN=32 x 224 at N=7168 (two waves).
+DRAM_BYTES_PER_CLK = 2160.0          # the H200's copy ceiling, 4.28 TB/s, at 1.98 GHz
+DRAM_BYTES_PER_CLK_PER_SM = 24.0
+
+
+def dram_cycles(bm: int, bn: int, m: int, n: int, num_sms: int) -> float:
+    """Cycles per K block of one tile while DRAM feeds every active SM."""
+    mt, nt = ceil_div(m, bm), ceil_div(n, bn)
+    rate = min(DRAM_BYTES_PER_CLK_PER_SM, DRAM_BYTES_PER_CLK / min(mt * nt, num_sms))
+    return BLOCK_K * (bn / mt + min(bm, m) / nt) / rate
 
 
 # Training variants: an FP32 tile doubles the epilogue's bytes, a C input adds as many again
@@ -338,7 +376,7 @@ def _select(m: int, n: int, k: int, groups: int, kind: str, num_sms: int,
     penalty = GROUPED_TWO_SCALE_PENALTY if grouped else TWO_SCALE_PENALTY
     l2 = L2_BYTES_PER_CLK_GROUPED if grouped else L2_BYTES_PER_CLK
     best = None
-    for bm in heuristic_block_ms(kind):
+    for bm in heuristic_block_ms(kind, m):
         if bm == 256 and m <= 128:
             continue
         for bn in BLOCK_NS:
@@ -351,7 +389,8 @@ def _select(m: int, n: int, k: int, groups: int, kind: str, num_sms: int,
                 cfg = GemmConfig(bm, bn, stages, cluster=2 if mc else 1, multicast_on_a=mc != "b", kind=kind)
                 clusters = num_sms // cfg.cluster
                 waves = ceil_div(cfg.units(m, n, groups), clusters)
-                cost = waves * tile_cycles(bm, bn, k, penalty, l2) * (MULTICAST_GAIN if mc else 1.0)
+                dram = 0.0 if grouped else dram_cycles(bm, bn, m, n, num_sms)
+                cost = waves * tile_cycles(bm, bn, k, penalty, l2, dram) * (MULTICAST_GAIN if mc else 1.0)
                 score = (cost, -bm * bn, mc != "")
                 if best is None or score < best[0]:
                     best = (score, cfg)

@@ -45,7 +45,7 @@ def variants():
               GemmConfig(256, 112, 3, kind="masked", cluster=2)):
         out.append((c.name, lambda c=c: _masked(c)))
     from fp8gemm.config import variant_fields
-    out.append((GemmConfig(16, 64, 8).name, lambda: _dense(GemmConfig(16, 64, 8), m=13)))
+    out.append((GemmConfig(16, 64, 16).name, lambda: _dense(GemmConfig(16, 64, 16), m=13)))
     out.append((GemmConfig(32, 112, 8).name, lambda: _dense(GemmConfig(32, 112, 8), m=45)))
     for v, bn in (("fp32", 112), ("fp32_c", 128), ("bf16_c", 112)):
         c = GemmConfig(128, bn, 4, **variant_fields(v))

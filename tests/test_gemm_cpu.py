@@ -220,6 +220,21 @@ def test_heuristic_uses_multicast_where_measured_to_pay():
     assert cfg.cluster == 1
 
 
+@pytest.mark.parametrize("m", [1, 8, 16, 17, 32])
+def test_heuristic_small_m_takes_the_smallest_small_tile(m):
+    cfg, _ = select_config(m, 7168, 16384, num_sms=132)
+    assert cfg.block_m == (16 if m <= 16 else 32)
+    assert cfg.stages > 8                  # deep pipelines: B streams from DRAM
+
+
+@pytest.mark.parametrize("m,n,k,bn", [(8, 2112, 7168, 16), (16, 4096, 7168, 32), (8, 7168, 16384, 64),
+                                      (32, 4096, 7168, 32), (16, 7168, 2048, 64)])
+def test_heuristic_decode_block_n_as_measured(m, n, k, bn):
+    """The best BN of the forced decode configs on the H200 (benchmarks/NOTES.md, explore-small)."""
+    cfg, _ = select_config(m, n, k, num_sms=132)
+    assert cfg.block_n == bn
+
+
 @pytest.mark.parametrize("kind", ["contiguous", "contiguous_psum", "masked"])
 def test_grouped_kinds_are_not_silently_dense(kind):
     """B of a grouped kernel is [G, N, K]: its loads carry a group coordinate (3-D maps)."""
