@@ -2,7 +2,10 @@
 
 ``import fp8gemm.torch_ops`` registers, once per process:
 
-    torch.ops.fp8gemm.gemm_fp8_fp8_bf16_nt(a, a_scales, b, b_scales, out) -> ()
+    torch.ops.fp8gemm.gemm_fp8_fp8_bf16_nt(a, a_scales, b, b_scales, out, c=None, accumulate=False) -> ()
+    torch.ops.fp8gemm.gemm_fp8_fp8_fp32_nt(a, a_scales, b, b_scales, out, c=None, accumulate=False) -> ()
+    torch.ops.fp8gemm.wgrad_gemm_fp8_fp8_fp32_nt(a, a_scales, b, b_scales, out) -> ()          (out +=)
+    torch.ops.fp8gemm.k_grouped_wgrad_gemm_fp8_fp8_fp32_nt(a, a_scales, b, b_scales, out, batch_sizes) -> ()
     torch.ops.fp8gemm.m_grouped_gemm_fp8_fp8_bf16_nt_contiguous(a, a_scales, b, b_scales, out, m_indices) -> ()
     torch.ops.fp8gemm.m_grouped_gemm_fp8_fp8_bf16_nt_contiguous_group_ends(a, a_scales, b, b_scales, out,
                                                                             group_ends) -> ()
@@ -10,6 +13,13 @@
                                                               expected_m) -> ()
     torch.ops.fp8gemm.per_token_cast_to_fp8(x) -> (q, scales)      torch.ops.fp8gemm.per_token_cast_to_fp8_out(x, q, scales) -> ()
     torch.ops.fp8gemm.per_block_cast_to_fp8(x) -> (q, scales)      torch.ops.fp8gemm.per_block_cast_to_fp8_out(x, q, scales) -> ()
+
+The dense GEMMs add ``c`` (D = C + A.B) when it is given. A custom op may not take one tensor as
+two arguments of which one is mutated, so ``c = out`` (accumulate into out) is spelled
+``accumulate=True`` with ``c=None``: the op then calls the library with ``c=out``. Under
+torch.compile the public functions' ``c=out`` (the same tensor object) becomes exactly that; a
+``c`` that is another view of out's memory is not supported. ``batch_sizes`` (the groups' K)
+is a list of ints.
 
 The GEMMs fill ``out`` (declared mutated, returning nothing) like the library's functions; each
 op runs the library function on torch's current stream. Every op has a fake implementation that
@@ -25,7 +35,7 @@ Importing ``fp8gemm`` alone never imports torch; this module does.
 """
 # No ``from __future__ import annotations``: custom_op reads the type hints to build each
 # schema, and older torch releases cannot resolve hints written as strings.
-from typing import Any
+from typing import Any, List, Optional
 
 try:
     import torch
@@ -36,6 +46,7 @@ except ImportError as e:          # say what to install instead of a bare "No mo
 from . import gemm as _gemm
 from . import grouped as _grouped
 from . import quant as _quant
+from . import wgrad as _wgrad
 from .reference import ceil_div, tma_aligned_size
 
 _FP8 = torch.float8_e4m3fn
@@ -56,32 +67,49 @@ def _want_shape(t: Tensor, name: str, *shape) -> None:
         raise ValueError(f"{name}: shape is {list(t.shape)}; expected {want}")
 
 
-def _check_dtypes(a: Tensor, a_scales: Tensor, b: Tensor, b_scales: Tensor, out: Tensor) -> None:
+def _check_dtypes(a: Tensor, a_scales: Tensor, b: Tensor, b_scales: Tensor, out: Tensor,
+                  out_dtype: torch.dtype = torch.bfloat16) -> None:
     for t, name in ((a, "a"), (b, "b")):
         _want_dtype(t, name, _FP8)
     for t, name in ((a_scales, "a_scales"), (b_scales, "b_scales")):
         _want_dtype(t, name, torch.float32)
-    _want_dtype(out, "out", torch.bfloat16)
+    _want_dtype(out, "out", out_dtype)
 
 
 def _check_nk(n, k) -> None:
     if k % 16:
         raise ValueError(f"a: K = {k} must be a multiple of 16 (16-byte rows for TMA)")
     if n % 8:
-        raise ValueError(f"b: N = {n} must be a multiple of 8 (16-byte rows of the bf16 output)")
+        raise ValueError(f"b: N = {n} must be a multiple of 8 (16-byte rows of the output)")
 
 
-def _check_dense(a, a_scales, b, b_scales, out) -> None:
-    _check_dtypes(a, a_scales, b, b_scales, out)
+def _check_dense(a, a_scales, b, b_scales, out, out_dtype=torch.bfloat16, row_scales: bool = False) -> None:
+    """The dense GEMMs: 128x128 B scales [ceil(N/128), kb], or (``row_scales``, wgrad) 1x128 ones [N, kb]."""
+    _check_dtypes(a, a_scales, b, b_scales, out, out_dtype)
     _want_shape(a, "a", None, None)
     m, k = a.shape
     _want_shape(b, "b", None, k)
     n = b.shape[0]
     kb = ceil_div(k, _BLOCK)
     _want_shape(a_scales, "a_scales", m, kb)
-    _want_shape(b_scales, "b_scales", ceil_div(n, _BLOCK), kb)
+    _want_shape(b_scales, "b_scales", n if row_scales else ceil_div(n, _BLOCK), kb)
     _want_shape(out, "out", m, n)
     _check_nk(n, k)
+
+
+def _c_of(out: Tensor, c: Optional[Tensor], accumulate: bool) -> Optional[Tensor]:
+    """The library's ``c`` for an op's (c, accumulate)."""
+    if c is not None and (accumulate or c is out):
+        raise ValueError("c: to add out itself pass accumulate=True and no c (an op may not take out twice); "
+                         "c and accumulate=True together are refused")
+    return out if accumulate else c
+
+
+def _check_c(out: Tensor, c: Optional[Tensor], accumulate: bool) -> None:
+    _c_of(out, c, accumulate)         # raises for c with accumulate=True, or c = out
+    if c is not None:
+        _want_dtype(c, "c", out.dtype)
+        _want_shape(c, "c", *out.shape)
 
 
 def _check_grouped_b(b: Tensor, b_scales: Tensor, k) -> tuple:
@@ -123,13 +151,78 @@ def _token_scales_layout(m, k) -> tuple[tuple, tuple]:
 
 # ---- dense ---------------------------------------------------------------------------------
 @torch.library.custom_op("fp8gemm::gemm_fp8_fp8_bf16_nt", mutates_args=("out",))
-def gemm_op(a: Tensor, a_scales: Tensor, b: Tensor, b_scales: Tensor, out: Tensor) -> None:
-    _gemm.gemm_fp8_fp8_bf16_nt((a, a_scales), (b, b_scales), out)
+def gemm_op(a: Tensor, a_scales: Tensor, b: Tensor, b_scales: Tensor, out: Tensor, c: Optional[Tensor] = None,
+            accumulate: bool = False) -> None:
+    _gemm.gemm_fp8_fp8_bf16_nt((a, a_scales), (b, b_scales), out, c=_c_of(out, c, accumulate))
 
 
 @gemm_op.register_fake
-def _gemm_fake(a, a_scales, b, b_scales, out) -> None:
+def _gemm_fake(a, a_scales, b, b_scales, out, c=None, accumulate=False) -> None:
     _check_dense(a, a_scales, b, b_scales, out)
+    _check_c(out, c, accumulate)
+
+
+@torch.library.custom_op("fp8gemm::gemm_fp8_fp8_fp32_nt", mutates_args=("out",))
+def gemm_fp32_op(a: Tensor, a_scales: Tensor, b: Tensor, b_scales: Tensor, out: Tensor, c: Optional[Tensor] = None,
+                 accumulate: bool = False) -> None:
+    _gemm.gemm_fp8_fp8_fp32_nt((a, a_scales), (b, b_scales), out, c=_c_of(out, c, accumulate))
+
+
+@gemm_fp32_op.register_fake
+def _gemm_fp32_fake(a, a_scales, b, b_scales, out, c=None, accumulate=False) -> None:
+    _check_dense(a, a_scales, b, b_scales, out, torch.float32)
+    _check_c(out, c, accumulate)
+
+
+# ---- weight gradients ----------------------------------------------------------------------
+@torch.library.custom_op("fp8gemm::wgrad_gemm_fp8_fp8_fp32_nt", mutates_args=("out",))
+def wgrad_op(a: Tensor, a_scales: Tensor, b: Tensor, b_scales: Tensor, out: Tensor) -> None:
+    _gemm.wgrad_gemm_fp8_fp8_fp32_nt((a, a_scales), (b, b_scales), out)
+
+
+@wgrad_op.register_fake
+def _wgrad_fake(a, a_scales, b, b_scales, out) -> None:
+    _check_dense(a, a_scales, b, b_scales, out, torch.float32, row_scales=True)
+
+
+def _check_stacked_scales(s: Tensor, name: str, kb_total, width) -> None:
+    """[sum kb, width] stacked 1x128 scales, or the same memory as the MN-major [width, sum kb]."""
+    _want_dtype(s, name, torch.float32)
+    if s.dim() != 2 or (tuple(s.shape) != (kb_total, width) and tuple(s.shape) != (width, kb_total)):
+        raise ValueError(f"{name}: shape is {list(s.shape)}; expected [{kb_total}, {width}] "
+                         f"(or its MN-major view [{width}, {kb_total}])")
+
+
+@torch.library.custom_op("fp8gemm::k_grouped_wgrad_gemm_fp8_fp8_fp32_nt", mutates_args=("out",))
+def k_grouped_op(a: Tensor, a_scales: Tensor, b: Tensor, b_scales: Tensor, out: Tensor,
+                 batch_sizes: List[int]) -> None:
+    _wgrad.k_grouped_wgrad_gemm_fp8_fp8_fp32_nt((a, a_scales), (b, b_scales), out, batch_sizes)
+
+
+@k_grouped_op.register_fake
+def _k_grouped_fake(a, a_scales, b, b_scales, out, batch_sizes) -> None:
+    _check_dtypes(a, a_scales, b, b_scales, out, torch.float32)
+    _want_shape(out, "out", None, None, None)
+    groups, m, n = out.shape
+    if groups < 1:
+        raise ValueError("out: needs at least one group")
+    if len(batch_sizes) != groups:
+        raise ValueError(f"batch_sizes: has {len(batch_sizes)} entries for {groups} groups")
+    for g, x in enumerate(batch_sizes):
+        if x < 0 or x % 16:
+            raise ValueError(f"batch_sizes[{g}] = {x} must be a multiple of 16 and >= 0")
+    for name, v in (("M", m), ("N", n)):
+        if v % 8:
+            raise ValueError(f"out: {name} = {v} must be a multiple of 8")
+    k_sum = sum(batch_sizes)
+    for t, name, rows in ((a, "a", m), (b, "b", n)):
+        if t.numel() != rows * k_sum:
+            raise ValueError(f"{name}: has {t.numel()} elements; the groups need {rows * k_sum} "
+                             f"(the concatenated row-major [rows, k_g] matrices)")
+    kb_total = sum(ceil_div(x, _BLOCK) for x in batch_sizes)
+    if kb_total:          # as the library: scales of groups that all have K = 0 are not read
+        _check_stacked_scales(a_scales, "a_scales", kb_total, m)
+        _check_stacked_scales(b_scales, "b_scales", kb_total, n)
 
 
 # ---- grouped -------------------------------------------------------------------------------
@@ -229,8 +322,8 @@ def _per_block_out_fake(x, q, scales) -> None:
     _want_shape(scales, "scales", ceil_div(n, _BLOCK), ceil_div(k, _BLOCK))
 
 
-OPS = {op._name: op for op in (gemm_op, contiguous_op, contiguous_group_ends_op, masked_op, per_token_op,
-                                per_token_out_op, per_block_op, per_block_out_op)}
+OPS = {op._name: op for op in (gemm_op, gemm_fp32_op, wgrad_op, k_grouped_op, contiguous_op, contiguous_group_ends_op,
+                                masked_op, per_token_op, per_token_out_op, per_block_op, per_block_out_op)}
 
 
 # ---- what torch.compile sees in place of the public functions -------------------------------
@@ -242,9 +335,32 @@ def _compile_only(name: str, **unsupported: Any) -> None:
                              f"ops on torch's current stream, or call {name} outside the compiled region")
 
 
-def _traced_gemm(lhs, rhs, out, stream=None, config=None):
-    _compile_only("gemm_fp8_fp8_bf16_nt", stream=stream, config=config)
-    torch.ops.fp8gemm.gemm_fp8_fp8_bf16_nt(lhs[0], lhs[1], rhs[0], rhs[1], out)
+def _traced_dense(name: str, op, lhs, rhs, out, stream, config, c) -> None:
+    _compile_only(name, stream=stream, config=config)
+    if c is None:
+        op(lhs[0], lhs[1], rhs[0], rhs[1], out)
+    elif c is out:        # the op may not take out twice: accumulate=True means c = out
+        op(lhs[0], lhs[1], rhs[0], rhs[1], out, accumulate=True)
+    else:
+        op(lhs[0], lhs[1], rhs[0], rhs[1], out, c=c)
+
+
+def _traced_gemm(lhs, rhs, out, stream=None, config=None, c=None):
+    _traced_dense("gemm_fp8_fp8_bf16_nt", torch.ops.fp8gemm.gemm_fp8_fp8_bf16_nt, lhs, rhs, out, stream, config, c)
+
+
+def _traced_gemm_fp32(lhs, rhs, out, stream=None, config=None, c=None):
+    _traced_dense("gemm_fp8_fp8_fp32_nt", torch.ops.fp8gemm.gemm_fp8_fp8_fp32_nt, lhs, rhs, out, stream, config, c)
+
+
+def _traced_wgrad(lhs, rhs, out, stream=None, config=None):
+    _compile_only("wgrad_gemm_fp8_fp8_fp32_nt", stream=stream, config=config)
+    torch.ops.fp8gemm.wgrad_gemm_fp8_fp8_fp32_nt(lhs[0], lhs[1], rhs[0], rhs[1], out)
+
+
+def _traced_k_grouped(lhs, rhs, out, batch_sizes, stream=None, config=None):
+    _compile_only("k_grouped_wgrad_gemm_fp8_fp8_fp32_nt", stream=stream, config=config)
+    torch.ops.fp8gemm.k_grouped_wgrad_gemm_fp8_fp8_fp32_nt(lhs[0], lhs[1], rhs[0], rhs[1], out, list(batch_sizes))
 
 
 def _traced_contiguous(lhs, rhs, out, m_indices=None, *, group_ends=None, stream=None, config=None,
@@ -283,6 +399,9 @@ def _traced_per_block(x, out=None, stream=None):
 
 
 SUBSTITUTES = {_gemm.gemm_fp8_fp8_bf16_nt: _traced_gemm,
+               _gemm.gemm_fp8_fp8_fp32_nt: _traced_gemm_fp32,
+               _gemm.wgrad_gemm_fp8_fp8_fp32_nt: _traced_wgrad,
+               _wgrad.k_grouped_wgrad_gemm_fp8_fp8_fp32_nt: _traced_k_grouped,
                _grouped.m_grouped_gemm_fp8_fp8_bf16_nt_contiguous: _traced_contiguous,
                _grouped.m_grouped_gemm_fp8_fp8_bf16_nt_masked: _traced_masked,
                _quant.per_token_cast_to_fp8: _traced_per_token,

@@ -3,15 +3,18 @@
 per-block cast and a dense GEMM; a cast and the contiguous GEMM in both forms plus per-group casts
 and the masked GEMM. Each compiled result is compared bit for bit with the same function run
 eagerly and with the float64 reference; the dense step is also captured, compiled, in a
-torch.cuda.graph and replayed with new data. Fresh random inputs every run, outputs poisoned with
-NaN before each one. Last, torch.library.opcheck on every op with real CUDA tensors (the fake
-implementations' shapes and strides against the real outputs)."""
+torch.cuda.graph and replayed with new data. The training GEMMs likewise: FP32 output, c = out
+(bf16 and FP32; the op's accumulate=True), wgrad and k-grouped wgrad (outputs start random and
+must be accumulated into; a K = 0 group left as it was). Fresh random inputs every run, outputs
+poisoned with NaN before each one where every element must be written. Last,
+torch.library.opcheck on every op with real CUDA tensors (the fake implementations' shapes and
+strides against the real outputs)."""
 from __future__ import annotations
 
 import pytest
 
 import fp8gemm
-from fp8gemm.testing import ContiguousLayout, check, reference
+from fp8gemm.testing import ContiguousLayout, check, k_grouped_inputs, reference, reference_wgrad
 
 pytestmark = pytest.mark.gpu
 DEVICE = "cuda"        # the only device here; a module constant so the steps read plainly
@@ -36,8 +39,13 @@ def _randn(torch, shape, seed):
     return torch.randn(shape, device=DEVICE, generator=g).to(torch.bfloat16)
 
 
-def _nan(torch, shape):
-    return torch.full(shape, float("nan"), device=DEVICE, dtype=torch.bfloat16)
+def _nan(torch, shape, dtype=None):
+    return torch.full(shape, float("nan"), device=DEVICE, dtype=dtype or torch.bfloat16)
+
+
+def _randn32(torch, shape, seed, scale=1.0):
+    g = torch.Generator(device=DEVICE).manual_seed(seed)
+    return torch.randn(shape, device=DEVICE, generator=g) * scale
 
 
 def _bits(torch, t):
@@ -209,6 +217,108 @@ def test_grouped_step_compiles_and_matches_eager(torch, fresh_dynamo):
         _check_grouped(torch, got, lhs, want, want_lhs, f"run {i}")
 
 
+# ---- training GEMMs -------------------------------------------------------------------------
+def fp32_step(a, b, out):
+    lhs, rhs = fp8gemm.per_token_cast_to_fp8(a), fp8gemm.per_block_cast_to_fp8(b)
+    fp8gemm.gemm_fp8_fp8_fp32_nt(lhs, rhs, out)
+    return lhs, rhs
+
+
+def bf16_accumulate_step(a, b, out):
+    lhs, rhs = fp8gemm.per_token_cast_to_fp8(a), fp8gemm.per_block_cast_to_fp8(b)
+    fp8gemm.gemm_fp8_fp8_bf16_nt(lhs, rhs, out, c=out)          # the op gets accumulate=True
+    return lhs, rhs
+
+
+def fp32_accumulate_step(a, b, out):
+    lhs, rhs = fp8gemm.per_token_cast_to_fp8(a), fp8gemm.per_block_cast_to_fp8(b)
+    fp8gemm.gemm_fp8_fp8_fp32_nt(lhs, rhs, out, c=out)
+    return lhs, rhs
+
+
+def wgrad_step(a, b, out):
+    lhs, rhs = fp8gemm.per_token_cast_to_fp8(a), fp8gemm.per_token_cast_to_fp8(b)   # 1x128 scales on both
+    fp8gemm.wgrad_gemm_fp8_fp8_fp32_nt(lhs, rhs, out)
+    return lhs, rhs
+
+
+def k_grouped_step(a, sa, b, sb, out, ks):
+    fp8gemm.k_grouped_wgrad_gemm_fp8_fp8_fp32_nt((a, sa), (b, sb), out, ks)
+
+
+TRAINING_STEPS = {"fp32": fp32_step, "bf16_c=out": bf16_accumulate_step, "fp32_c=out": fp32_accumulate_step,
+                  "wgrad": wgrad_step}
+
+
+def _training_out(torch, case, shape, seed):
+    """The output as the step starts: NaN where every element must be written (fp32), random
+    where the GEMM adds to it (c = out, wgrad)."""
+    if case == "fp32":
+        return _nan(torch, shape, torch.float32)
+    if case == "bf16_c=out":
+        return _randn32(torch, shape, seed, scale=10.0).to(torch.bfloat16)
+    return _randn32(torch, shape, seed, scale=50.0)
+
+
+@pytest.mark.parametrize("case", list(TRAINING_STEPS))
+def test_training_step_compiles_and_matches_eager(torch, fresh_dynamo, case):
+    """fp32 out, bf16 and fp32 c = out, and wgrad (out +=) under torch.compile(fullgraph=True):
+    bit for bit the eager step on the same inputs and starting out, and the float64 reference
+    (plus the starting out where it accumulates). The last shape recompiles."""
+    step = TRAINING_STEPS[case]
+    compiled = torch.compile(step, fullgraph=True)
+    for i, (m, n, k) in enumerate([(300, 1000, 1040), (300, 1000, 1040), (77, 2112, 7168 + 48)]):
+        what = f"{case} run {i} ({m}x{n}x{k})"
+        a, b = _randn(torch, (m, k), 50 + i), _randn(torch, (n, k), 60 + i)
+        out = _training_out(torch, case, (m, n), 70 + i)
+        old = out.clone()
+        want_out = out.clone()
+        lhs, rhs = compiled(a, b, out)
+        want_lhs, want_rhs = step(a, b, want_out)
+        _sync(torch)
+        for got, want, name in ((lhs, want_lhs, "A cast"), (rhs, want_rhs, "B cast")):
+            assert _same(torch, got[0], want[0]) and _same(torch, got[1], want[1]), f"{what}: {name} differs"
+        assert _same(torch, out, want_out), f"{what}: GEMM output differs from eager"
+        assert torch.isfinite(out).all(), f"{what}: NaN/Inf in the output"
+        ref = reference_wgrad(torch, lhs, rhs) if case == "wgrad" else reference(torch, lhs, rhs)
+        if case == "fp32":
+            err = ((out.double() - ref).norm() / ref.norm()).item()
+            assert err < 1e-3, (what, err)
+        elif case == "bf16_c=out":                        # one bf16 rounding of old + A.B
+            want = old.double() + ref
+            err = ((out.double() - want).norm() / want.norm()).item()
+            assert err < 2e-3, (what, err)
+        else:                                             # fp32: out - old is the product
+            err = ((out.double() - old.double() - ref).norm() / ref.norm()).item()
+            assert err < 1e-3, (what, err)
+
+
+def test_k_grouped_step_compiles_and_matches_eager(torch, fresh_dynamo):
+    """The k-grouped wgrad GEMM under torch.compile(fullgraph=True): groups with K tails and one
+    with K = 0 (its slice left as it was), the groups' K a host list (the last problem, other
+    K and sizes, recompiles); bit for bit the eager call, and each group's float64 reference
+    added to its starting slice."""
+    compiled = torch.compile(k_grouped_step, fullgraph=True)
+    for i, (m, n, ks) in enumerate([(256, 384, [1040, 0, 272]), (256, 384, [1040, 0, 272]),
+                                    (128, 512, [0, 528, 144])]):
+        what = f"run {i} ({m}x{n}, K {ks})"
+        (a, sa), (b, sb), qa, qb = k_grouped_inputs(torch, m, n, ks, seed=80 + i)
+        out = _randn32(torch, (len(ks), m, n), seed=90 + i, scale=20.0)
+        old, want_out = out.clone(), out.clone()
+        compiled(a, sa, b, sb, out, ks)
+        k_grouped_step(a, sa, b, sb, want_out, ks)
+        _sync(torch)
+        assert _same(torch, out, want_out), f"{what}: output differs from eager"
+        for g, k in enumerate(ks):
+            if k == 0:
+                assert _same(torch, out[g], old[g]), f"{what}: group {g} has K = 0 and was written"
+                continue
+            ref = reference_wgrad(torch, qa[g], qb[g])
+            assert torch.isfinite(out[g]).all(), (what, g)
+            err = ((out[g].double() - old[g].double() - ref).norm() / ref.norm()).item()
+            assert err < 1e-3, (what, g, err)
+
+
 # ---- opcheck with real kernels -------------------------------------------------------------
 # test_schema compares inputs with torch.allclose, which has no float8 kernel: left out for the
 # ops that take e4m3 tensors. Outputs start as zeros: opcheck compares with assert_close, for
@@ -241,3 +351,24 @@ def test_opcheck_every_op_on_the_gpu(torch):
         fp8gemm.per_token_cast_to_fp8(p.a_m[g], out=(p.aq_m[g], p.sa_m[g]))
     torch.library.opcheck(ops.m_grouped_gemm_fp8_fp8_bf16_nt_masked.default,
                           (p.aq_m, p.sa_m, p.bq, p.sb, torch.zeros_like(p.out_m), p.masked_m, 64), test_utils=WITHOUT_SCHEMA)
+
+
+def test_opcheck_training_ops_on_the_gpu(torch):
+    ops = torch.ops.fp8gemm
+    m, n, k = 300, 1024, 1536 + 48
+    a, b = _randn(torch, (m, k), 11), _randn(torch, (n, k), 12)
+    lhs, rhs = fp8gemm.per_token_cast_to_fp8(a), fp8gemm.per_block_cast_to_fp8(b)
+    c16 = _randn32(torch, (m, n), 13, scale=10.0).to(torch.bfloat16)
+    c32 = _randn32(torch, (m, n), 14, scale=10.0)
+    for op, c in ((ops.gemm_fp8_fp8_bf16_nt, c16), (ops.gemm_fp8_fp8_fp32_nt, c32)):
+        torch.library.opcheck(op.default, (*lhs, *rhs, torch.zeros_like(c), c), test_utils=WITHOUT_SCHEMA)
+        torch.library.opcheck(op.default, (*lhs, *rhs, c.clone()), {"accumulate": True}, test_utils=WITHOUT_SCHEMA)
+    torch.library.opcheck(ops.gemm_fp8_fp8_fp32_nt.default, (*lhs, *rhs, torch.zeros_like(c32)),
+                          test_utils=WITHOUT_SCHEMA)
+    rows = fp8gemm.per_token_cast_to_fp8(b)
+    torch.library.opcheck(ops.wgrad_gemm_fp8_fp8_fp32_nt.default, (*lhs, *rows, c32.clone()),
+                          test_utils=WITHOUT_SCHEMA)
+    ks = [1040, 0, 272]
+    (ka, ksa), (kb, ksb), _, _ = k_grouped_inputs(torch, 256, 384, ks, seed=15)
+    torch.library.opcheck(ops.k_grouped_wgrad_gemm_fp8_fp8_fp32_nt.default,
+                          (ka, ksa, kb, ksb, _randn32(torch, (3, 256, 384), 16), ks), test_utils=WITHOUT_SCHEMA)
