@@ -14,7 +14,7 @@ W=$OUT/work
 mkdir -p "$W"
 export PYTHONPATH=$PWD PYTHONUNBUFFERED=1
 LOG=$W/summary.txt
-say() { echo "$*" | tee -a "$LOG"; }
+say() { echo "$*" | tee -a "$LOG" >> "$OUT/summary.txt"; echo "$*"; }
 state() { nvidia-smi --query-gpu=name,driver_version,clocks.sm,power.draw,temperature.gpu --format=csv,noheader; }
 say "start $(date -u +%T) commit ${FP8GEMM_COMMIT:-?} gpu: $(state)"
 DG=$PWD/.deepgemm
@@ -23,13 +23,12 @@ DG=$PWD/.deepgemm
 STDCXX=/lib/x86_64-linux-gnu/libstdc++.so.6
 dg_env() { [ -f "$STDCXX" ] && echo "LD_PRELOAD=$STDCXX"; }
 dg_wait() {
-  [ -n "${DG_PID:-}" ] && wait "$DG_PID"
+  [ -n "${DG_PID:-}" ] && { wait "$DG_PID"; DG_PID=; cp "$DG"/deep_gemm/_C*.so "$OUT"/ 2>/dev/null; }
   ls "$DG"/deep_gemm/_C*.so >/dev/null 2>&1
 }
 # A built extension (and DeepGEMM's JIT cache) come back in $OUT so that a later call can
 # carry them and skip the build: copy them into .deepgemm here before that call.
 dg_keep() {
-  cp "$DG"/deep_gemm/_C*.so "$OUT"/ 2>/dev/null
   [ -d "$DG/.jit-cache" ] && tar czf "$OUT/dg-jit-cache.tgz" -C "$DG" .jit-cache 2>/dev/null
 }
 BG_PIDS=()
