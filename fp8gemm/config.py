@@ -318,6 +318,8 @@ def tile_cycles(bm: int, bn: int, k: int, two_scale_penalty: float = TWO_SCALE_P
 
 
 # Memory-bound problems (few rows: B is read once from DRAM, and no MMA work hides it). The
+# term is charged to the 16/32-row tiles only, where it was fitted: the 64/128-row picks of
+# M = 64/128 keep their measured ratios until forced configs there say otherwise. The
 # busiest SM's unique bytes per K block (B shared by the M tiles through L2, A by the N tiles)
 # arrive at its share of DRAM bandwidth, and no faster than one SM draws. Fitted to the H200's
 # forced decode configs (benchmarks/NOTES.md, explore-small): BN=16 x 132 tiles beats BN=32 x 66
@@ -389,7 +391,7 @@ def _select(m: int, n: int, k: int, groups: int, kind: str, num_sms: int,
                 cfg = GemmConfig(bm, bn, stages, cluster=2 if mc else 1, multicast_on_a=mc != "b", kind=kind)
                 clusters = num_sms // cfg.cluster
                 waves = ceil_div(cfg.units(m, n, groups), clusters)
-                dram = 0.0 if grouped else dram_cycles(bm, bn, m, n, num_sms)
+                dram = dram_cycles(bm, bn, m, n, num_sms) if bm in SMALL_BLOCK_MS else 0.0
                 cost = waves * tile_cycles(bm, bn, k, penalty, l2, dram) * (MULTICAST_GAIN if mc else 1.0)
                 score = (cost, -bm * bn, mc != "")
                 if best is None or score < best[0]:
