@@ -22,35 +22,42 @@ def main(argv=None) -> int:
     p.add_argument("--tiles", required=True,
                    help="comma-separated BMxBN or BMxBNxSTAGES (stages default: the most that fit, at most 8)")
     p.add_argument("--multicast", default="off", help="cluster modes to try: off,a,b")
+    p.add_argument("--variant", default="bf16",
+                   help="output variant (fp8gemm.config.VARIANTS): bf16, bf16_c, fp32, fp32_c, wgrad")
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--json", help="write the table here")
     args = p.parse_args(argv)
     import torch
     import fp8gemm
-    from fp8gemm.config import GemmConfig, max_stages
+    from fp8gemm.config import VARIANTS, GemmConfig, max_stages
+    fields = VARIANTS[args.variant]
+    out_dtype = torch.float32 if fields.get("out_dtype") == "float32" else torch.bfloat16
     rows = []
     for shape in args.shapes.split(","):
         m, n, k = (int(x) for x in shape.split("x"))
         a = torch.randn(m, k, device="cuda").to(torch.bfloat16)
         b = torch.randn(n, k, device="cuda").to(torch.bfloat16)
-        (aq, sa), (bq, sb) = fp8gemm.per_token_cast_to_fp8(a), fp8gemm.per_block_cast_to_fp8(b)
-        out = torch.empty(m, n, device="cuda", dtype=torch.bfloat16)
+        row_scales = fields.get("b_scales") == "row"     # wgrad: 1x128 scales per row of B too
+        (aq, sa) = fp8gemm.per_token_cast_to_fp8(a)
+        (bq, sb) = fp8gemm.per_token_cast_to_fp8(b) if row_scales else fp8gemm.per_block_cast_to_fp8(b)
+        out = torch.randn(m, n, device="cuda").to(out_dtype)
         ptrs = (aq.data_ptr(), sa.data_ptr(), bq.data_ptr(), sb.data_ptr(), out.data_ptr())
         stream = torch.cuda.current_stream().cuda_stream
+        strides = dict(sfa_stride=sa.stride(1), **({"sfb_stride": sb.stride(1)} if row_scales else {}))
         fns = {}
-        heur = fp8gemm.plan_gemm(m, n, k, sfa_stride=sa.stride(1))
+        heur = fp8gemm.plan_gemm(m, n, k, variant=args.variant, **strides)
         fns["heuristic:" + heur.config.name] = lambda p=heur: p.launch(*ptrs, stream)
         for tile in args.tiles.split(","):
             bm, bn, *st = (int(x) for x in tile.split("x"))
-            stages = st[0] if st else max_stages(bm, bn, k)
+            stages = st[0] if st else max_stages(bm, bn, k, **fields)
             for mc in args.multicast.split(","):
                 try:
                     cfg = GemmConfig(bm, bn, stages, cluster=1 if mc == "off" else 2,
-                                     multicast_on_a=mc != "b")
+                                     multicast_on_a=mc != "b", **fields)
                 except ValueError as e:
                     print(f"skip {tile} {mc}: {e}")
                     continue
-                plan = fp8gemm.plan_gemm(m, n, k, config=cfg, sfa_stride=sa.stride(1))
+                plan = fp8gemm.plan_gemm(m, n, k, config=cfg, **strides)
                 fns[cfg.name] = lambda p=plan: p.launch(*ptrs, stream)
         times = timed_variants(fns, rounds=args.rounds)
         best = min(times.values())

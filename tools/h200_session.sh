@@ -4,7 +4,7 @@
 # 8 files), JSON results copied to $OUT, a short summary printed last.
 #
 #   tools/h200_session.sh [dgbuild] [smoke] [tests] [sanitize[:NAMES]] [explore] [bench-wgrad] [bench-gemm]
-#                         [bench-grouped] [fuzz] [quant]   (bg:STEP ... wait: STEP runs beside the next steps)
+#                         [bench-grouped] [fuzz] [quant] [explore-wgrad]   (bg:STEP ... wait: STEP runs beside the next steps)
 #
 # dgbuild builds DeepGEMM from .deepgemm (git-ignored; carried) in the background; the bench
 # steps that use it wait for the build. FP8GEMM_COMMIT names the commit in the JSON records.
@@ -83,6 +83,22 @@ for part, rows in json.load(open(sys.argv[1])).items():
         heur = next(r for r in rs if r["config"].startswith("heuristic:"))
         print(f"{m}x{n}x{k}: best {best['config'].split(':')[-1]} {best['tflops']:.1f}  "
               f"heuristic {heur['config'].split(':')[-1]} {heur['tflops']:.1f} ({heur['tflops'] / best['tflops']:.3f})")
+PY
+      ;;
+    explore-wgrad)
+      # forced wgrad tiles, and one tile through the variants that lead to it (what each step costs)
+      E="timeout 200 python3 tools/explore_configs.py --rounds 3"
+      $E --variant wgrad --shapes 16384x7168x4096,2048x7168x8192,7168x4096x8192,7168x2112x4096 \
+        --tiles 64x96,64x128,64x160,128x96,128x104,128x112,128x128,128x144,128x160 \
+        --json "$W/explore-wgrad.json" > "$W/explore-wgrad.log" 2>&1; say "explore wgrad rc=$?"
+      for v in bf16 fp32 fp32_c wgrad; do
+        $E --variant $v --shapes 16384x7168x4096 --tiles 128x128,128x104 --json "$W/explore-variant-$v.json" \
+          >> "$W/explore-wgrad.log" 2>&1; say "explore $v rc=$?"
+      done
+      grep -E "^ +[0-9]" "$W/explore-wgrad.log" | tee -a "$LOG"
+      python3 - "$W" > "$OUT/explore-wgrad.json" <<'PY'
+import json, pathlib, sys
+print(json.dumps({p.stem: json.loads(p.read_text()) for p in sorted(pathlib.Path(sys.argv[1]).glob("explore-*.json"))}))
 PY
       ;;
     bench-wgrad)
