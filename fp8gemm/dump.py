@@ -45,7 +45,7 @@ from pathlib import Path
 
 from . import jit
 from .checks import check_problem
-from .config import BLOCK_K, KINDS, GemmConfig, max_stages, select_config
+from .config import BLOCK_K, KINDS, VARIANTS, GemmConfig, max_stages, select_config, variant_fields
 from .ptx_templates import gemm as gemm_template
 from .sass_patch import decode, interleave_ffma, read_cubin
 from .sass_patch.instr import Instr
@@ -104,11 +104,14 @@ def build_parser() -> argparse.ArgumentParser:
     shape.add_argument("--k", type=_positive, required=True, help="reduction length")
     shape.add_argument("--kind", choices=KINDS, default="dense", help="layout kind (default dense)")
     shape.add_argument("--groups", type=_positive, default=1, help="groups for grouped kinds (default 1)")
+    shape.add_argument("--variant", choices=sorted(VARIANTS), default="bf16",
+                       help="output variant of the dense GEMM: bf16 (default), bf16_c (+ C), fp32, fp32_c, "
+                            "wgrad (fp32 out += A.B^T, 1x128 B scales); k_grouped is always wgrad")
     shape.add_argument("--num-sms", type=_positive, default=132,
                        help="SMs the heuristic plans for (default 132 = H100 SXM; no GPU is queried)")
     force = p.add_argument_group("forced config (any of these replaces the heuristic's choice; "
                                  "the ones left out come from the heuristic)")
-    force.add_argument("--block-m", type=int, help="BM (64, 128 or 256)")
+    force.add_argument("--block-m", type=int, help="BM (16, 32, 64, 128 or 256)")
     force.add_argument("--block-n", type=int, help="BN (a multiple of 8 in [16, 256], see config.BLOCK_NS)")
     force.add_argument("--stages", type=int, help="pipeline stages (default: the most that fit, max_stages)")
     force.add_argument("--multicast", choices=("off", "a", "b"),
@@ -142,10 +145,17 @@ def _multicast_tag(cfg: GemmConfig) -> str:
     return cfg.multicast_tag or "off"
 
 
-def _make_config(bm: int, bn: int, stages: int, multicast: str, kind: str, debug: bool) -> GemmConfig:
+def _variant_fields(args) -> dict:
+    """GemmConfig fields of the output variant (k_grouped is always wgrad, with its groups)."""
+    if args.kind == "k_grouped":
+        return variant_fields("wgrad", "k_grouped", args.groups)
+    return variant_fields(args.variant, args.kind)
+
+
+def _make_config(bm: int, bn: int, stages: int, multicast: str, debug: bool, fields: dict) -> GemmConfig:
     try:
         return GemmConfig(bm, bn, stages, cluster=1 if multicast == "off" else 2,
-                          multicast_on_a=multicast != "b", kind=kind, debug=debug)
+                          multicast_on_a=multicast != "b", debug=debug, **fields)
     except ValueError as e:
         raise UsageError(f"invalid config: {e}") from None
 
@@ -157,7 +167,9 @@ def resolve_config(args) -> Selection:
     except (ValueError, TypeError) as e:
         raise UsageError(str(e)) from None
     try:
-        heur, heur_grid = select_config(args.m, args.n, args.k, args.groups, args.kind, args.num_sms)
+        fields = _variant_fields(args)
+        heur, heur_grid = select_config(args.m, args.n, args.k, args.groups, args.kind, args.num_sms,
+                                        variant="wgrad" if args.kind == "k_grouped" else args.variant)
     except (ValueError, TypeError) as e:
         raise UsageError(f"select_config failed: {e}") from None
     given = {"block_m": args.block_m, "block_n": args.block_n, "stages": args.stages,
@@ -171,11 +183,11 @@ def resolve_config(args) -> Selection:
     mc = args.multicast if args.multicast is not None else _multicast_tag(heur)
     stages = args.stages
     if stages is None:
-        stages = max_stages(bm, bn, args.k)
+        stages = max_stages(bm, bn, args.k, **fields)
         if stages == 0:  # nothing fits: let GemmConfig say why with one stage
-            _make_config(bm, bn, 1, mc, args.kind, args.debug)
+            _make_config(bm, bn, 1, mc, args.debug, fields)
             raise UsageError(f"BM={bm} BN={bn} does not fit shared memory with even one stage")
-    cfg = _make_config(bm, bn, stages, mc, args.kind, args.debug)
+    cfg = _make_config(bm, bn, stages, mc, args.debug, fields)
     return Selection(cfg, cfg.grid(args.m, args.n, args.num_sms, args.groups), heur, heur_grid, forced)
 
 
@@ -192,7 +204,7 @@ def kind_note(cfg: GemmConfig, ptx: str) -> str | None:
     """A warning when a non-dense kind renders the dense kernel body (the template ignores kind)."""
     if cfg.kind == "dense":
         return None
-    dense = dataclasses.replace(cfg, kind="dense")
+    dense = dataclasses.replace(cfg, kind="dense", groups=0)
     dense_ptx = gemm_template.build(dense).render().replace(dense.name, cfg.name)
     if dense_ptx.replace(repr(dense), repr(cfg)) == ptx:
         return (f"note: the template ignores kind={cfg.kind!r}; this is the dense kernel body "

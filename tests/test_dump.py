@@ -195,6 +195,21 @@ def test_other_kinds_build_or_fail_clearly(capsys, kind):
         assert f"fp8gemm_{kind}_bm128_bn128_s4" in out
 
 
+@pytest.mark.parametrize("variant,tag", [("fp32", "_f32"), ("fp32_c", "_f32_c"), ("bf16_c", "_c"),
+                                         ("wgrad", "_f32_c_sfbrow")])
+def test_training_variants(capsys, variant, tag):
+    out = run(capsys, ["--m", "512", "--n", "1024", "--k", "1024", "--variant", variant, "--what", "config"])
+    heuristic = re.search(r"kernel +(\S+)", out).group(1)
+    assert heuristic.endswith(tag)
+    forced = run(capsys, FORCED + ["--variant", variant, "--what", "ptx"])
+    assert f"fp8gemm_dense_bm128_bn128_s4{tag}" in forced
+
+
+def test_k_grouped_is_the_wgrad_kernel_with_its_groups(capsys):
+    out = run(capsys, FORCED + ["--kind", "k_grouped", "--groups", "3", "--what", "config"])
+    assert "fp8gemm_k_grouped_bm128_bn128_s4_f32_c_sfbrow_g3" in out
+
+
 # ---- helpers (no tools needed) -------------------------------------------------------------
 def test_control_diff_names_the_flipped_bits():
     lo = 0x223 | 7 << 12 | 10 << 16 | 4 << 24 | 8 << 32
