@@ -4,7 +4,7 @@
 # 8 files), JSON results copied to $OUT, a short summary printed last.
 #
 #   tools/h200_session.sh [dgbuild] [smoke] [tests] [sanitize[:NAMES]] [explore] [bench-wgrad] [bench-gemm]
-#                         [bench-grouped] [fuzz] [quant] [explore-wgrad]   (bg:STEP ... wait: STEP runs beside the next steps)
+#                         [bench-grouped] [fuzz] [quant] [explore-wgrad] [c-example]   (bg:STEP ... wait: STEP runs beside the next steps)
 #
 # dgbuild builds DeepGEMM from .deepgemm (git-ignored; carried) in the background; the bench
 # steps that use it wait for the build. FP8GEMM_COMMIT names the commit in the JSON records.
@@ -61,8 +61,6 @@ run_step() {
       shapes() { local m=$1 s=""; for nk in $NK; do s="$s${s:+,}${m}x$nk"; done; echo "$s"; }
       $E --shapes "$(shapes 8)" --tiles 16x16,16x32,16x56,16x64,16x96,16x128,16x192 \
         --json "$W/explore-m8.json" > "$W/explore.log" 2>&1; say "explore m8 rc=$?"
-      $E --shapes "$(shapes 32)" --tiles 32x16,32x32,32x64,32x128,32x192 \
-        --json "$W/explore-m32.json" >> "$W/explore.log" 2>&1; say "explore m32 rc=$?"
       $E --shapes "$(shapes 64),$(shapes 128)" \
         --tiles 64x32,64x56,64x64,64x112,64x128,64x192,128x56,128x64,128x96,128x128 \
         --json "$W/explore-m64-128.json" >> "$W/explore.log" 2>&1; say "explore m64/128 rc=$?"
@@ -101,6 +99,10 @@ import json, pathlib, sys
 print(json.dumps({p.stem: json.loads(p.read_text()) for p in sorted(pathlib.Path(sys.argv[1]).glob("explore-*.json"))}))
 PY
       ;;
+    c-example)
+      # the README's embedding path: export a bundle, build the C runtime and example, run it
+      (cd examples/c && timeout 120 make run BUNDLE=/tmp/fp8gemm-bundle PYTHON=python3) > "$OUT/c-example.txt" 2>&1
+      say "c-example rc=$?"; tail -12 "$OUT/c-example.txt" | tee -a "$LOG" ;;
     bench-wgrad)
       dg_wait && D="--deepgemm $DG" || { D=""; say "DeepGEMM not built: $(tail -3 "$W/dgbuild.log")"; }
       env $(dg_env) timeout 420 python3 -m fp8gemm.bench wgrad $D --json "$OUT/bench-wgrad.json" > "$W/bench-wgrad.log" 2>&1
