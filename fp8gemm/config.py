@@ -339,6 +339,10 @@ def dram_cycles(bm: int, bn: int, m: int, n: int, num_sms: int) -> float:
 # Training variants: an FP32 tile doubles the epilogue's bytes, a C input adds as many again
 # (read); per-row B scales cost an FMUL per promoted element on top of the FFMA.
 ROW_SCALE_PENALTY = 1.1
+# ... and a fixed cost per K block of a tile (its column scales' loads and the promotion's
+# bookkeeping), which wide tiles amortise: forced on the H100 (explore-wgrad), 128x160 beat the
+# model's 128x104/128x128 picks by 12-20 % at 16384x7168x4096 and 2048x7168x8192.
+ROW_SCALE_K_BLOCK_CYCLES = 400
 
 
 def _select_variant(m: int, n: int, k: int, groups: int, kind: str, num_sms: int,
@@ -361,6 +365,7 @@ def _select_variant(m: int, n: int, k: int, groups: int, kind: str, num_sms: int
             cost += bm * bn * (epilogue_bytes - 2) / L2_BYTES_PER_CLK
             if row:
                 cost *= ROW_SCALE_PENALTY
+                cost += ceil_div(k, BLOCK_K) * ROW_SCALE_K_BLOCK_CYCLES
             score = (waves * cost, -bm * bn)
             if best is None or score < best[0]:
                 best = (score, cfg)
