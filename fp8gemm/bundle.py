@@ -3,15 +3,18 @@
     fp8gemm.export("bundle/", gemm=[(7168, 2048, 4096)], contiguous=[(8, 4096, 7168, 1024)],
                    masked=[(8, 4096, 7168, 256)])
     python -m fp8gemm export bundle/ --gemm 7168x2048:4096 --masked 8x4096x7168:256
+    python -m fp8gemm export bundle/ --gemm 7168x2048:4096 --variants bf16,fp32,fp32_c,bf16_c,wgrad
 
 A bundle directory holds ``manifest.json`` (format ``fp8gemm-bundle``, version 1), one
 ``kernels/<name>.cubin`` per kernel, and the C runtime's sources under ``runtime/``. The
 manifest is plain data produced from each kernel's spec: its parameters in order with their
 sources, each tensor map (element type, dims, strides, box, swizzle; sizes as expressions over
 named problem values), threads, shared memory, cluster, and the work-unit expression that
-sizes the persistent grid. Problems map to kernels: a dense ``(N, K)`` carries M ranges (the
-heuristic's pick for every M up to its maximum), a grouped problem one kernel (chosen from its
-expected rows per group; M is a runtime argument). Expressions use the grammar of
+sizes the persistent grid. Problems map to kernels: a dense ``(N, K)`` of one output variant
+(``config.VARIANTS``: op "gemm" for bf16, "gemm_<variant>" for the others, each problem naming
+its "variant") carries M ranges (the heuristic's pick for every M up to its maximum), a grouped
+problem one kernel (chosen from its expected rows per group; M is a runtime argument). The
+k-grouped wgrad GEMM is not exportable (its kernels take per-group parameter arrays). Expressions use the grammar of
 ``ptx_templates/spec.py`` (integers, names, + - * //, min, max, ceil_div), which the C runtime
 evaluates too.
 """
@@ -25,12 +28,16 @@ from pathlib import Path
 from typing import Iterable, Sequence
 
 from . import jit
-from .config import GemmConfig, select_config
+from .config import VARIANTS, GemmConfig, select_config, variant_of
+from .gemm import dense_arguments
 from .ptx_templates import gemm as template
 
 FORMAT, VERSION = "fp8gemm-bundle", 1
+# the op of each dense output variant: "gemm" (bf16, the op of every version-1 bundle) and
+# "gemm_<variant>" (readers that predate a variant skip its problems rather than misuse them)
+DENSE_OPS = {v: "gemm" if v == "bf16" else f"gemm_{v}" for v in VARIANTS}
 # the launch arguments of each operation, in the order the C runtime passes them
-ARGUMENTS = {"gemm": ("a", "a_scales", "b", "b_scales", "out"),
+ARGUMENTS = {**{op: dense_arguments(bool(VARIANTS[v].get("with_c"))) for v, op in DENSE_OPS.items()},
              "m_grouped_contiguous": ("a", "a_scales", "b", "b_scales", "out", "m_indices"),
              "m_grouped_contiguous_psum": ("a", "a_scales", "b", "b_scales", "out", "group_ends"),
              "m_grouped_masked": ("a", "a_scales", "b", "b_scales", "out", "masked_m"),
@@ -38,7 +45,7 @@ ARGUMENTS = {"gemm": ("a", "a_scales", "b", "b_scales", "out"),
              "per_block_cast": ("x", "q", "scales")}
 # problem values a runtime must supply (besides block_m / block_n, which the kernel fixes)
 VALUES = ("m", "n", "k", "groups", "kb", "a_stride", "b_stride", "out_stride", "sfa_stride", "a_group_stride",
-          "b_group_stride", "out_group_stride", "sfa_group_stride", "x_stride", "q_stride", "s_stride")
+          "b_group_stride", "out_group_stride", "sfa_group_stride", "x_stride", "q_stride", "s_stride", "c_stride", "sfb_stride")
 CAST_SOURCES = {"bfloat16": "bf16", "float32": "f32"}
 RUNTIME_FILES = ("fp8gemm_rt.h", "fp8gemm_rt.c")
 
@@ -67,11 +74,12 @@ def _cast_entry(kind: str, src: str, kernels: dict, folder: Path) -> int:
                        kernels, folder)
 
 
-def _m_ranges(n: int, k: int, max_m: int, num_sms: int, kernels: dict, folder: Path) -> list[list[int]]:
+def _m_ranges(n: int, k: int, max_m: int, num_sms: int, kernels: dict, folder: Path,
+              variant: str = "bf16") -> list[list[int]]:
     """[[m_lo, m_hi, kernel], ...] covering 1..max_m with the heuristic's pick for each M."""
     out: list[list[int]] = []
     for m in range(1, max_m + 1):
-        cfg, _ = select_config(m, n, k, num_sms=num_sms)
+        cfg, _ = select_config(m, n, k, num_sms=num_sms, variant=variant)
         idx = _kernel_entry(cfg, kernels, folder)
         if out and out[-1][2] == idx:
             out[-1][1] = m
@@ -80,12 +88,34 @@ def _m_ranges(n: int, k: int, max_m: int, num_sms: int, kernels: dict, folder: P
     return out
 
 
+def _dense_variants(variants: Iterable[str] | str) -> list[str]:
+    """The requested dense variants, checked, without repeats (a single name may be a str)."""
+    names = [variants] if isinstance(variants, str) else list(variants)
+    out: list[str] = []
+    for v in names:
+        if isinstance(v, str) and v.startswith("k_grouped"):
+            raise ValueError(f"export: variants: {v!r}: the k-grouped wgrad GEMM (k_grouped_wgrad_gemm_fp8_fp8_fp32_nt) "
+                             "is not exportable (its kernels take per-group parameter arrays the C runtime does not "
+                             f"fill); dense variants are {list(VARIANTS)}")
+        if v not in VARIANTS:
+            raise ValueError(f"export: variants: must be among {list(VARIANTS)}, got {v!r}")
+        if v not in out:
+            out.append(v)
+    if not out:
+        raise ValueError("export: variants: name at least one dense variant")
+    return out
+
+
 def export(folder: str | Path, *, gemm: Iterable[Sequence[int]] = (), contiguous: Iterable[Sequence[int]] = (),
            contiguous_psum: Iterable[Sequence[int]] = (), masked: Iterable[Sequence[int]] = (),
-           casts: Iterable[str] = (), num_sms: int = 132, runtime: bool = True) -> dict:
+           casts: Iterable[str] = (), variants: Iterable[str] | str = ("bf16",), num_sms: int = 132,
+           runtime: bool = True) -> dict:
     """Write a bundle for these problems into ``folder`` and return its manifest.
 
-    ``gemm``: (N, K, max_M) -- kernels for every M in 1..max_M; ``contiguous`` /
+    ``gemm``: (N, K, max_M) -- kernels for every M in 1..max_M, for each of ``variants``
+    (``config.VARIANTS``: "bf16" -- gemm_fp8_fp8_bf16_nt, "fp32" -- gemm_fp8_fp8_fp32_nt,
+    "bf16_c" / "fp32_c" -- their ``c=`` forms, "wgrad" -- wgrad_gemm_fp8_fp8_fp32_nt; the
+    k-grouped wgrad is not exportable); ``contiguous`` /
     ``contiguous_psum`` / ``masked``: (G, N, K, expected_rows_per_group); ``casts``: source dtypes
     ("bfloat16", "float32") whose per-token and per-block casts to include. ``num_sms``: the SM
     count the heuristic plans for (the runtime sizes grids with the device's own count).
@@ -93,13 +123,15 @@ def export(folder: str | Path, *, gemm: Iterable[Sequence[int]] = (), contiguous
     from .checks import check_problem, positive_int
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
+    dense = _dense_variants(variants)
     kernels: dict = {}
     problems = []
     for item in gemm:
         n, k, max_m = (positive_int(f"export: gemm {tuple(item)}", x) for x in item)
         check_problem("export gemm", max_m, n, k)
-        problems.append({"op": "gemm", "n": n, "k": k, "max_m": max_m,
-                         "ranges": _m_ranges(n, k, max_m, num_sms, kernels, folder)})
+        for v in dense:
+            problems.append({"op": DENSE_OPS[v], "variant": v, "n": n, "k": k, "max_m": max_m,
+                             "ranges": _m_ranges(n, k, max_m, num_sms, kernels, folder, v)})
     for op, kind, items in (("m_grouped_contiguous", "contiguous", contiguous),
                             ("m_grouped_contiguous_psum", "contiguous_psum", contiguous_psum),
                             ("m_grouped_masked", "masked", masked)):
@@ -180,17 +212,23 @@ def validate_manifest(manifest: dict, folder: str | Path | None = None) -> None:
         need(spec["threads"] > 0 and spec["smem_bytes"] >= 0 and len(spec["cluster"]) == 3, f"{e['name']}: launch")
     for prob in manifest.get("problems", []):
         need(prob.get("op") in ARGUMENTS, f"unknown op {prob.get('op')!r}")
-        if prob["op"] == "gemm":
+        if prob["op"] in DENSE_OPS.values():
+            variant = prob.get("variant", "bf16")              # bundles before the variants: bf16
+            need(DENSE_OPS.get(variant) == prob["op"], f"op {prob['op']!r} with variant {variant!r}")
             r = prob["ranges"]
             need(r and r[0][0] == 1 and r[-1][1] == prob["max_m"], "gemm ranges must cover 1..max_m")
             need(all(a[1] + 1 == b[0] for a, b in zip(r, r[1:])), "gemm ranges must be contiguous")
             need(all(0 <= x[2] < len(kernels) for x in r), "gemm range kernel index")
+            need(all(isinstance(kernels[x[2]].get("config"), dict)
+                     and variant_of(GemmConfig(**kernels[x[2]]["config"])) == variant for x in r),
+                 f"a {variant!r} gemm range names a kernel of another variant")
         else:
             need(0 <= prob["kernel"] < len(kernels), "grouped kernel index")
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m fp8gemm export DIR --gemm NxK:MAXM ... --contiguous GxNxK:E ... --masked GxNxK:E``"""
+    """``python -m fp8gemm export DIR --gemm NxK:MAXM ... [--variants bf16,fp32,...] --contiguous GxNxK:E ...
+    --masked GxNxK:E``"""
     import argparse
 
     def nums(text, count, sep):
@@ -205,6 +243,10 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m fp8gemm export", description=__doc__.split("\n\n")[0])
     p.add_argument("folder")
     p.add_argument("--gemm", action="append", default=[], type=lambda t: nums(t, 3, "NxK:MAX_M"))
+    p.add_argument("--variants", default="bf16", type=lambda t: [x for x in t.split(",") if x],
+                   help=f"comma-separated dense output variants of every --gemm (default bf16; of {','.join(VARIANTS)}: "
+                        "fp32 = gemm_fp8_fp8_fp32_nt, bf16_c / fp32_c = with c=, wgrad = wgrad_gemm_fp8_fp8_fp32_nt; "
+                        "the k-grouped wgrad is not exportable)")
     for kind in ("contiguous", "contiguous-psum", "masked"):
         p.add_argument(f"--{kind}", action="append", default=[], type=lambda t: nums(t, 4, "GxNxK:EXPECTED_M"))
     p.add_argument("--casts", action="append", default=[], choices=sorted(CAST_SOURCES),
@@ -213,7 +255,7 @@ def main(argv: list[str] | None = None) -> int:
     a = p.parse_args(argv)
     try:
         man = export(a.folder, gemm=a.gemm, contiguous=a.contiguous, contiguous_psum=a.contiguous_psum,
-                     masked=a.masked, casts=a.casts, num_sms=a.num_sms)
+                     masked=a.masked, casts=a.casts, variants=a.variants, num_sms=a.num_sms)
     except (ValueError, TypeError) as e:
         p.error(str(e))
     print(f"{a.folder}: {len(man['kernels'])} kernels, {len(man['problems'])} problems "

@@ -20,6 +20,12 @@ class DeadlockError(RuntimeError):
     """A debug build's mbarrier wait gave up (the kernel trapped)."""
 
 
+def dense_arguments(with_c: bool) -> tuple[str, ...]:
+    """The launch arguments of a dense GEMM, in the order ``GemmPlan.launch`` (and the C
+    runtime) pass them: C last for the variants that read one."""
+    return ("a", "a_scales", "b", "b_scales", "out") + (("c",) if with_c else ())
+
+
 class GemmPlan(KernelPlan):
     """A compiled, configured GEMM for fixed (M, N, K) and row strides.
 
@@ -69,7 +75,7 @@ class GemmPlan(KernelPlan):
             config, grid = select_config(m, n, k, num_sms=num_sms, device=device, variant=variant)
         else:
             grid = default_grid(config, m, n, 1, num_sms, device)
-        self.arguments = ("a", "a_scales", "b", "b_scales", "out") + (("c",) if config.with_c else ())
+        self.arguments = dense_arguments(config.with_c)
         values = dict(m=m, n=n, k=k, groups=1, kb=self.kb, a_stride=self.a_stride, b_stride=self.b_stride,
                       out_stride=self.out_stride, sfa_stride=self.sfa_stride, c_stride=self.c_stride,
                       sfb_stride=self.sfb_stride)

@@ -1,6 +1,6 @@
 """The exported bundle through the C runtime on the GPU (built here as a shared library and
-called with ctypes): dense, contiguous and masked results bit-identical to the Python path,
-and calls from 8 threads at once."""
+called with ctypes): dense (bf16 and the training variants fp32, fp32_c, bf16_c, wgrad),
+contiguous and masked results bit-identical to the Python path, and calls from 8 threads at once."""
 from __future__ import annotations
 
 import ctypes
@@ -32,7 +32,7 @@ def rt(tmp_path_factory, torch):
     import fp8gemm
     folder = tmp_path_factory.mktemp("bundle")
     fp8gemm.export(folder, gemm=[(512, 640, 300)], contiguous=[(3, 384, 512, 150)], masked=[(4, 256, 768, 90)],
-                   casts=["bfloat16", "float32"])
+                   casts=["bfloat16", "float32"], variants=("bf16", "fp32", "fp32_c", "bf16_c", "wgrad"))
     lib = folder / "libfp8gemm_rt.so"
     r = subprocess.run([CC, "-std=c99", "-O2", "-shared", "-fPIC", f"-I{INCLUDE}", str(folder / "runtime" / "fp8gemm_rt.c"),
                         "-ldl", "-o", str(lib)], capture_output=True, text=True)
@@ -42,6 +42,8 @@ def rt(tmp_path_factory, torch):
     so.fp8gemm_bundle_load.argtypes = [ctypes.c_char_p, ctypes.POINTER(ctypes.c_void_p), ctypes.POINTER(Status)]
     so.fp8gemm_gemm.argtypes = [ctypes.c_void_p, i64, i64, i64, ptr, i64, ptr, i64, ptr, i64, ptr, ptr, i64,
                                 ctypes.c_void_p, ctypes.POINTER(Status)]
+    so.fp8gemm_gemm_variant.argtypes = [ctypes.c_void_p, ctypes.c_char_p, i64, i64, i64, ptr, i64, ptr, i64, ptr, i64,
+                                        ptr, i64, ptr, i64, ptr, i64, ctypes.c_void_p, ctypes.POINTER(Status)]
     so.fp8gemm_m_grouped_contiguous.argtypes = [ctypes.c_void_p, i64, i64, i64, i64, ptr, i64, ptr, i64, ptr, i64, i64,
                                                 ptr, ptr, i64, ptr, ctypes.c_int, ctypes.c_void_p,
                                                 ctypes.POINTER(Status)]
@@ -92,6 +94,57 @@ def test_dense_bit_identical_to_python(torch, rt, m):
                            torch.cuda.current_stream().cuda_stream, ctypes.byref(st)), st)
     torch.cuda.synchronize()
     assert torch.equal(got.view(torch.int16), want.view(torch.int16))
+
+
+@pytest.mark.parametrize("m", [1, 129, 300])
+@pytest.mark.parametrize("variant", ["fp32", "fp32_c", "bf16_c", "wgrad"])
+def test_variants_bit_identical_to_python(torch, rt, variant, m):
+    """fp8gemm_gemm_variant against gemm_fp8_fp8_fp32_nt / the c= forms / wgrad_gemm_fp8_fp8_fp32_nt
+    on the same inputs: C a separate buffer for the c= forms, D pre-filled (and read as C) for wgrad."""
+    import fp8gemm
+    so, h = rt
+    n, k = 512, 640
+    g = torch.Generator(device="cuda").manual_seed(1000 + m)
+    aq, sa, bq, sb = _quant(torch, m, n, k, seed=m + 17)
+    if variant == "wgrad":        # 1x128 scales per row of B, MN-major like A's
+        bq, sb = fp8gemm.per_token_cast_to_fp8(torch.randn((n, k), device="cuda", generator=g).to(torch.bfloat16))
+    dtype = torch.bfloat16 if variant == "bf16_c" else torch.float32
+    bits = torch.int16 if dtype == torch.bfloat16 else torch.int32
+    init = torch.randn((m, n), device="cuda", generator=g).to(dtype)
+    c = torch.randn((m, n), device="cuda", generator=g).to(dtype) if variant in ("fp32_c", "bf16_c") else None
+    if variant == "wgrad":
+        want = init.clone()
+        fp8gemm.wgrad_gemm_fp8_fp8_fp32_nt((aq, sa), (bq, sb), want)
+        got = init.clone()
+    else:
+        want = torch.empty((m, n), device="cuda", dtype=dtype)
+        python = fp8gemm.gemm_fp8_fp8_bf16_nt if variant == "bf16_c" else fp8gemm.gemm_fp8_fp8_fp32_nt
+        python((aq, sa), (bq, sb), want, c=c)
+        got = torch.full((m, n), float("nan"), device="cuda", dtype=dtype)
+    kb = sa.shape[1]
+    sfa = sa.stride(1) if kb > 1 else 0
+    sfb = (sb.stride(1) if kb > 1 else 0) if variant == "wgrad" else 0
+    st = Status()
+    _check(so.fp8gemm_gemm_variant(h, variant.encode(), m, n, k, aq.data_ptr(), 0, sa.data_ptr(), sfa,
+                                   bq.data_ptr(), 0, sb.data_ptr(), sfb, got.data_ptr(), 0,
+                                   0 if c is None else c.data_ptr(), 0,
+                                   torch.cuda.current_stream().cuda_stream, ctypes.byref(st)), st)
+    torch.cuda.synchronize()
+    assert torch.equal(got.view(bits), want.view(bits))
+
+
+def test_variant_bad_arguments_are_error_codes(torch, rt):
+    so, h = rt
+    st = Status()
+    call = lambda variant, c=0, sfb=0, n=512: so.fp8gemm_gemm_variant(  # noqa: E731
+        h, variant, 64, n, 640, 256, 0, 256, 0, 256, 0, 256, sfb, 256, 0, c, 0, None, ctypes.byref(st))
+    assert call(b"fp16") == 1 and b"variant 'fp16'" in st.message and b"wgrad" in st.message
+    assert call(None) == 1 and b"variant is NULL" in st.message
+    assert call(b"wgrad", c=4096) == 1 and b"c: wgrad accumulates into out" in st.message
+    assert call(b"fp32", c=4096) == 1 and b"c: the fp32 variant reads no C" in st.message
+    assert call(b"fp32_c", sfb=512) == 1 and b"sfb_stride" in st.message
+    assert call(b"wgrad", sfb=500) == 1 and b"sfb_stride = 500 is smaller than 512" in st.message
+    assert call(b"fp32", n=1024) == 2 and b"no gemm_fp32 kernel" in st.message
 
 
 def test_grouped_bit_identical_to_python(torch, rt):

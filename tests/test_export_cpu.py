@@ -1,7 +1,8 @@
 """Ahead-of-time bundles without a GPU: export, the manifest's schema and its agreement with
 the kernels' specs, and the C runtime: compiled warning-free (C99) where a cuda.h is found,
 its expression evaluator agreeing with Python's on every size expression of a real manifest,
-and a clear error when there is no driver to load into."""
+and a clear error when there is no driver to load into. The bundle holds every dense variant
+(bf16, its c= form, fp32, fp32_c, wgrad) besides the grouped GEMMs and the casts."""
 from __future__ import annotations
 
 import copy
@@ -17,7 +18,7 @@ import pytest
 
 import fp8gemm
 from fp8gemm import bundle as exp
-from fp8gemm.config import GemmConfig
+from fp8gemm.config import VARIANTS, GemmConfig, variant_of
 from fp8gemm.ptx_templates import gemm as template
 from fp8gemm.ptx_templates import quant as quant_templates
 from fp8gemm.ptx_templates.spec import evaluate
@@ -30,7 +31,7 @@ def bundle(tmp_path_factory):
     folder = tmp_path_factory.mktemp("bundle")
     man = fp8gemm.export(folder, gemm=[(256, 512, 300)], contiguous=[(3, 256, 512, 200)],
                          contiguous_psum=[(3, 256, 512, 200)], masked=[(4, 384, 256, 100)],
-                         casts=["bfloat16", "float32"])
+                         casts=["bfloat16", "float32"], variants=tuple(VARIANTS))
     return folder, man
 
 
@@ -48,19 +49,78 @@ def test_bundle_layout_and_schema(bundle):
             spec = template.spec(GemmConfig(**e["config"]))
         assert e["spec"] == json.loads(json.dumps(spec.to_dict()))   # the template's own spec
     ops = [p["op"] for p in man["problems"]]
-    assert ops == ["gemm", "m_grouped_contiguous", "m_grouped_contiguous_psum", "m_grouped_masked",
+    assert ops == ["gemm", "gemm_bf16_c", "gemm_fp32", "gemm_fp32_c", "gemm_wgrad", "m_grouped_contiguous", "m_grouped_contiguous_psum", "m_grouped_masked",
                    "per_token_cast", "per_block_cast", "per_token_cast", "per_block_cast"]
     assert sorted(p.name for p in (folder / "runtime").iterdir()) == ["fp8gemm_rt.c", "fp8gemm_rt.h"]
 
 
-def test_gemm_ranges_follow_the_heuristic(bundle):
+@pytest.mark.parametrize("variant", list(VARIANTS))
+def test_gemm_ranges_follow_the_heuristic(bundle, variant):
     _, man = bundle
-    prob = man["problems"][0]
+    prob = next(p for p in man["problems"] if p.get("variant") == variant)
+    assert prob["op"] == exp.DENSE_OPS[variant] and man["arguments"][prob["op"]][-1] == (
+        "c" if VARIANTS[variant].get("with_c") else "out")
     names = [e["name"] for e in man["kernels"]]
-    for m in (1, 63, 64, 65, 128, 129, 200, 300):
-        cfg, _ = fp8gemm.config.select_config(m, prob["n"], prob["k"], num_sms=man["heuristic_num_sms"])
+    for m in (1, 15, 16, 17, 63, 64, 65, 128, 129, 200, 300):
+        cfg, _ = fp8gemm.config.select_config(m, prob["n"], prob["k"], num_sms=man["heuristic_num_sms"],
+                                              variant=variant)
         idx = next(r[2] for r in prob["ranges"] if r[0] <= m <= r[1])
         assert names[idx] == cfg.name, m
+        assert variant_of(GemmConfig(**man["kernels"][idx]["config"])) == variant
+
+
+def test_variant_kernels_spec_matches_the_ptx(bundle):
+    """Every dense kernel of the bundle (all variants): its spec against the PTX it was built from,
+    and the maps the variant needs (C of D's type, per-row B scales) in the manifest."""
+    from test_scheduler_cpu import check_spec_matches_ptx
+    _, man = bundle
+    seen = set()
+    for e in man["kernels"]:
+        if e["config"] is None or e["config"]["kind"] != "dense":
+            continue
+        cfg = GemmConfig(**e["config"])
+        check_spec_matches_ptx(cfg, template.spec(cfg), template.build(cfg).render())
+        maps = {t["param"]: t for t in e["spec"]["tensor_maps"]}
+        assert ("tmap_c" in maps) == cfg.with_c and ("tmap_sfb" in maps) == (cfg.b_scales == "row")
+        if cfg.with_c:
+            assert maps["tmap_c"]["array"] == "c" and maps["tmap_c"]["dtype"] == maps["tmap_d"]["dtype"]
+            assert maps["tmap_c"]["strides"] == [f"c_stride * {4 if cfg.out_dtype == 'float32' else 2}"]
+        if cfg.b_scales == "row":
+            assert maps["tmap_sfb"]["array"] == "b_scales" and maps["tmap_sfb"]["strides"] == ["sfb_stride * 4"]
+        seen.add(variant_of(cfg))
+    assert seen == set(VARIANTS)
+
+
+def test_export_rejects_bad_variants(tmp_path):
+    with pytest.raises(ValueError, match="variants: must be among"):
+        fp8gemm.export(tmp_path, gemm=[(256, 512, 64)], variants=["fp16"])
+    with pytest.raises(ValueError, match="variants: 'k_grouped.*not exportable"):
+        fp8gemm.export(tmp_path, gemm=[(256, 512, 64)], variants=["fp32", "k_grouped_wgrad"])
+    with pytest.raises(ValueError, match="variants: name at least one"):
+        fp8gemm.export(tmp_path, gemm=[(256, 512, 64)], variants=[])
+    assert not (tmp_path / "manifest.json").exists()
+    man = fp8gemm.export(tmp_path, gemm=[(256, 512, 8)], variants="wgrad", runtime=False)
+    assert [p["variant"] for p in man["problems"]] == ["wgrad"]
+
+
+def test_manifests_without_variants_still_validate(bundle):
+    """Bundles written before the variants (bf16 "gemm" problems with no "variant") stay valid;
+    a problem whose variant disagrees with its op or its kernels does not."""
+    _, man = bundle
+    old = copy.deepcopy(man)
+    old["problems"] = [p for p in old["problems"] if p["op"] != "gemm" or p.pop("variant")]
+    old["problems"] = [p for p in old["problems"] if not p["op"].startswith("gemm_")]
+    assert "variant" not in old["problems"][0]
+    exp.validate_manifest(old)
+    bad = copy.deepcopy(man)
+    bad["problems"][2]["variant"] = "bf16_c"          # the fp32 problem
+    with pytest.raises(ValueError, match="with variant 'bf16_c'"):
+        exp.validate_manifest(bad)
+    bad = copy.deepcopy(man)
+    wgrad = next(p for p in bad["problems"] if p.get("variant") == "wgrad")
+    wgrad["ranges"][0][2] = man["problems"][0]["ranges"][0][2]     # a bf16 kernel
+    with pytest.raises(ValueError, match="kernel of another variant"):
+        exp.validate_manifest(bad)
 
 
 def test_broken_manifests_are_rejected(bundle):
@@ -91,6 +151,33 @@ def test_export_command_line(tmp_path):
                        capture_output=True, text=True, cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)})
     assert r.returncode == 0, r.stderr
     assert (tmp_path / "b" / "manifest.json").is_file() and "2 problems" in r.stdout
+    r = subprocess.run([sys.executable, "-m", "fp8gemm", "export", str(tmp_path / "v"), "--gemm", "256x512:16",
+                        "--variants", "fp32,wgrad"], capture_output=True, text=True, cwd=ROOT,
+                       env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert r.returncode == 0, r.stderr
+    man = json.loads((tmp_path / "v" / "manifest.json").read_text())
+    assert [p["op"] for p in man["problems"]] == ["gemm_fp32", "gemm_wgrad"]
+    for bad, want in (("fp32,k_grouped", "not exportable"), ("bf17", "must be among")):
+        r = subprocess.run([sys.executable, "-m", "fp8gemm", "export", str(tmp_path / "x"), "--gemm", "256x512:16",
+                            "--variants", bad], capture_output=True, text=True, cwd=ROOT,
+                           env={**os.environ, "PYTHONPATH": str(ROOT)})
+        assert r.returncode == 2 and want in r.stderr and "variants" in r.stderr, r.stderr
+    r = subprocess.run([sys.executable, "-m", "fp8gemm", "export", "--help"], capture_output=True, text=True,
+                       cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert "--variants" in r.stdout and "not exportable" in r.stdout
+
+
+def test_c_runtime_knows_the_manifest_names():
+    """The C runtime's value names are the manifest's (plus the kernel's block sizes) in order,
+    and it maps every launch argument a manifest can name."""
+    import re
+    src = (ROOT / "fp8gemm" / "runtime_c" / "fp8gemm_rt.c").read_text()
+    table = re.search(r"VALUE_NAMES\[V_COUNT\] = \{([^}]*)\}", src).group(1)
+    assert re.findall(r'"(\w+)"', table) == list(exp.VALUES) + ["block_m", "block_n"]
+    body = src[src.index("static int array_index"):]
+    body = body[:body.index("\n}\n")]
+    for name in {a for args in exp.ARGUMENTS.values() for a in args}:
+        assert f'"{name}"' in body, name
 
 
 # ---- the C runtime ----------------------------------------------------------------------------------

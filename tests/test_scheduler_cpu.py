@@ -83,13 +83,18 @@ SPEC_CONFIGS = [GemmConfig(128, 128, 4, kind=k, cluster=c, multicast_on_a=a)
 @pytest.mark.parametrize("cfg", SPEC_CONFIGS, ids=lambda c: c.name)
 def test_spec_matches_the_ptx(cfg):
     gen = template.GemmGen(cfg)
-    spec = gen.spec
-    ptx = gen.build().render()
+    check_spec_matches_ptx(cfg, gen.spec, gen.build().render())
+
+
+def check_spec_matches_ptx(cfg, spec, ptx):
+    """A dense or M-grouped kernel's spec against its PTX: parameters, threads, stage bytes, map
+    ranks, cluster, shared memory, one source per parameter (also used by the bundle tests)."""
     declared = re.findall(rf"\.param (?:\.align 64 \.b8|\.(\w+)) {cfg.name}_param_(\w+)", ptx)
     assert [(p.type if p.type != "tmap" else "", p.name) for p in spec.params] == declared
     assert f".maxntid {spec.threads}, 1, 1" in ptx
     assert f"mbarrier.arrive.expect_tx.shared::cta.b64 _, [%pfull], {spec.expect_tx_bytes};" in ptx
-    assert spec.expect_tx_bytes == (cfg.block_m + cfg.block_n) * 128 + cfg.block_m * 4
+    row = cfg.b_scales == "row"                  # per-row B scales: a BN-float load per stage
+    assert spec.expect_tx_bytes == (cfg.block_m + cfg.block_n) * 128 + cfg.block_m * 4 + (cfg.block_n * 4 if row else 0)
     for t in spec.tensor_maps:                  # every use of a map has the map's rank
         uses = re.findall(rf"cp\.async\.bulk\.tensor\.(\d)d[^\[]*(?:\[[^\]]*\], )?\[%{t.param}, \{{([^}}]*)\}}", ptx)
         assert uses and all(int(r) == t.rank and len(c.split(",")) == t.rank for r, c in uses), t

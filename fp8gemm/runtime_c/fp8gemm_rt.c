@@ -291,12 +291,12 @@ static int j_int(const jv *o, const char *key, int64_t *out) {
 
 /* ---- size expressions (the grammar of fp8gemm/ptx_templates/spec.py) ----------------------- */
 enum { V_M, V_N, V_K, V_GROUPS, V_KB, V_A_STRIDE, V_B_STRIDE, V_OUT_STRIDE, V_SFA_STRIDE, V_A_GROUP_STRIDE,
-       V_B_GROUP_STRIDE, V_OUT_GROUP_STRIDE, V_SFA_GROUP_STRIDE, V_X_STRIDE, V_Q_STRIDE, V_S_STRIDE, V_BLOCK_M,
-       V_BLOCK_N, V_COUNT };
+       V_B_GROUP_STRIDE, V_OUT_GROUP_STRIDE, V_SFA_GROUP_STRIDE, V_X_STRIDE, V_Q_STRIDE, V_S_STRIDE, V_C_STRIDE,
+       V_SFB_STRIDE, V_BLOCK_M, V_BLOCK_N, V_COUNT };
 static const char *const VALUE_NAMES[V_COUNT] = {
     "m", "n", "k", "groups", "kb", "a_stride", "b_stride", "out_stride", "sfa_stride", "a_group_stride",
-    "b_group_stride", "out_group_stride", "sfa_group_stride", "x_stride", "q_stride", "s_stride", "block_m",
-    "block_n"};
+    "b_group_stride", "out_group_stride", "sfa_group_stride", "x_stride", "q_stride", "s_stride", "c_stride",
+    "sfb_stride", "block_m", "block_n"};
 
 typedef struct {
     const char *p;
@@ -446,7 +446,7 @@ static int eval_item(const jv *v, const int64_t *vals, int64_t *out, fp8gemm_sta
 }
 
 /* ---- the bundle ------------------------------------------------------------------------------ */
-enum { A_A, A_A_SCALES, A_B, A_B_SCALES, A_OUT, A_LAYOUT, A_DEBUG, A_X, A_Q, A_SCALES, A_COUNT };
+enum { A_A, A_A_SCALES, A_B, A_B_SCALES, A_OUT, A_LAYOUT, A_DEBUG, A_X, A_Q, A_SCALES, A_C, A_COUNT };
 
 typedef struct {
     int type;          /* 0 tensor map, 1 u64, 2 u32 */
@@ -503,6 +503,8 @@ static int array_index(const char *name) {
         return A_Q;
     if (!strcmp(name, "scales"))
         return A_SCALES;
+    if (!strcmp(name, "c"))
+        return A_C;
     return -1;
 }
 
@@ -946,29 +948,126 @@ static int check_operands(fp8gemm_status *st, const char *who, CUdeviceptr a, CU
             return rc_;                    \
     } while (0)
 
-int fp8gemm_gemm(const fp8gemm_bundle *b, int64_t m, int64_t n, int64_t k, CUdeviceptr a, int64_t a_stride,
-                 CUdeviceptr a_scales, int64_t sfa_stride, CUdeviceptr bb, int64_t b_stride, CUdeviceptr b_scales,
-                 CUdeviceptr out, int64_t out_stride, CUstream stream, fp8gemm_status *st) {
-    const char *who = "fp8gemm_gemm";
+/* the tensor map through which a kernel reads or writes launch argument `array`, or NULL */
+static const jv *kernel_map(const kernel *kr, int array) {
+    int i;
+    for (i = 0; i < kr->nparams; i++)
+        if (kr->params[i].type == 0 && kr->params[i].array == array)
+            return kr->params[i].map;
+    return NULL;
+}
+
+static int dtype_bytes(const char *t) {
+    return !t ? 1 : !strcmp(t, "float32") ? 4 : !strcmp(t, "bfloat16") ? 2 : 1;
+}
+
+/* the dense op of `variant` ("gemm" for bf16, "gemm_<variant>" else), checked against the ops the
+ * manifest's "arguments" names (so this file keeps no list of variants) */
+static int dense_op(const fp8gemm_bundle *b, const char *who, const char *variant, char *op, size_t size,
+                    fp8gemm_status *st) {
+    const jv *args = j_get(&b->manifest, "arguments");
+    char known[256];
+    size_t used = 0;
+    int i;
+    if (!variant)
+        return fail(st, FP8GEMM_ERROR_ARGUMENT, "%s: variant is NULL", who);
+    if (!strcmp(variant, "bf16"))
+        snprintf(op, size, "gemm");
+    else if (strlen(variant) + 6 > size)
+        op[0] = '\0';
+    else
+        snprintf(op, size, "gemm_%s", variant);
+    if (op[0] && (!strcmp(op, "gemm") || j_get(args, op)))
+        return FP8GEMM_OK;
+    known[0] = '\0';
+    for (i = 0; args && args->t == J_OBJ && i < args->n; i++) {
+        const char *name = args->keys[i];
+        if (strcmp(name, "gemm") && strncmp(name, "gemm_", 5))
+            continue;
+        used += (size_t)snprintf(known + used, used < sizeof known ? sizeof known - used : 0, "%s%s",
+                                 used ? ", " : "", strcmp(name, "gemm") ? name + 5 : "bf16");
+        if (used >= sizeof known)
+            break;
+    }
+    return fail(st, FP8GEMM_ERROR_ARGUMENT, "%s: variant '%s' is not a dense GEMM variant of this bundle's format (%s)",
+                who, variant, known);
+}
+
+/* every dense GEMM: the variant's kernel by M, then the arguments checked against what its spec
+ * reads (the element size of D, a C map, a per-row B-scale map) */
+static int dense(const fp8gemm_bundle *b, const char *who, const char *variant, int64_t m, int64_t n, int64_t k,
+                 CUdeviceptr a, int64_t a_stride, CUdeviceptr a_scales, int64_t sfa_stride, CUdeviceptr bb,
+                 int64_t b_stride, CUdeviceptr b_scales, int64_t sfb_stride, CUdeviceptr out, int64_t out_stride,
+                 CUdeviceptr c, int64_t c_stride, CUstream stream, fp8gemm_status *st) {
     int64_t vals[V_COUNT] = {0};
     CUdeviceptr arrays[A_COUNT] = {0};
     const kernel *kr;
+    char op[40];
+    int out_bytes, has_c, row_sfb;
     if (!b)
         return fail(st, FP8GEMM_ERROR_ARGUMENT, "%s: bundle is NULL", who);
+    TRY(dense_op(b, who, variant, op, sizeof op, st));
     TRY(check_shape(st, who, m, n, k, 1));
+    if (!(kr = select_kernel(b, op, m, n, k, 1, st)))
+        return FP8GEMM_ERROR_NO_KERNEL;
+    out_bytes = kernel_map(kr, A_OUT) ? dtype_bytes(j_str(kernel_map(kr, A_OUT), "dtype")) : 2;
+    has_c = kernel_map(kr, A_C) != NULL;
+    row_sfb = kernel_map(kr, A_B_SCALES) != NULL;
     TRY(check_stride(st, who, "a_stride", &a_stride, k, k, 1));
     TRY(check_stride(st, who, "b_stride", &b_stride, k, k, 1));
-    TRY(check_stride(st, who, "out_stride", &out_stride, n, n, 2));
+    TRY(check_stride(st, who, "out_stride", &out_stride, n, n, out_bytes));
     TRY(check_stride(st, who, "sfa_stride", &sfa_stride, (m + 3) / 4 * 4, m, 4));
+    if (row_sfb)
+        TRY(check_stride(st, who, "sfb_stride", &sfb_stride, (n + 3) / 4 * 4, n, 4));
+    else if (sfb_stride)
+        return fail(st, FP8GEMM_ERROR_ARGUMENT, "%s: sfb_stride: the %s variant's B scales are 128x128 blocks "
+                    "(row-major [ceil(N/128), ceil(K/128)]), pass 0", who, variant);
+    else
+        sfb_stride = (n + 3) / 4 * 4;
     TRY(check_operands(st, who, a, a_scales, bb, b_scales, out));
-    if (!(kr = select_kernel(b, "gemm", m, n, k, 1, st)))
-        return FP8GEMM_ERROR_NO_KERNEL;
+    if (row_sfb)
+        TRY(check_pointer(st, who, "b_scales", b_scales, 16));
+    if (!has_c && (c || c_stride))
+        return fail(st, FP8GEMM_ERROR_ARGUMENT, "%s: %s: the %s variant reads no C, pass 0", who, c ? "c" : "c_stride",
+                    variant);
+    if (has_c && !strcmp(variant, "wgrad") && c && c != out)
+        return fail(st, FP8GEMM_ERROR_ARGUMENT, "%s: c: wgrad accumulates into out (C is out), pass 0 or out", who);
+    if (!has_c || !c || c == out) {   /* no C, or C is D: accumulate in place */
+        if (has_c && c_stride && c_stride != out_stride)
+            return fail(st, FP8GEMM_ERROR_ARGUMENT, "%s: c_stride = %lld: c is out, so it must be 0 or out_stride (%lld)",
+                        who, (long long)c_stride, (long long)out_stride);
+        c = has_c ? out : 0;
+        c_stride = out_stride;
+    } else {
+        uint64_t out_end, c_end;
+        TRY(check_stride(st, who, "c_stride", &c_stride, out_stride, n, out_bytes));
+        TRY(check_pointer(st, who, "c", c, 16));
+        out_end = out + (uint64_t)(((m - 1) * out_stride + n) * out_bytes);
+        c_end = c + (uint64_t)(((m - 1) * c_stride + n) * out_bytes);
+        if (c < out_end && out < c_end)
+            return fail(st, FP8GEMM_ERROR_ARGUMENT, "%s: c overlaps out without being out itself", who);
+    }
     vals[V_M] = m, vals[V_N] = n, vals[V_K] = k, vals[V_GROUPS] = 1, vals[V_KB] = (k + 127) / 128;
     vals[V_A_STRIDE] = a_stride, vals[V_B_STRIDE] = b_stride, vals[V_OUT_STRIDE] = out_stride;
-    vals[V_SFA_STRIDE] = sfa_stride;
+    vals[V_SFA_STRIDE] = sfa_stride, vals[V_SFB_STRIDE] = sfb_stride, vals[V_C_STRIDE] = c_stride;
     arrays[A_A] = a, arrays[A_A_SCALES] = a_scales, arrays[A_B] = bb, arrays[A_B_SCALES] = b_scales;
-    arrays[A_OUT] = out;
+    arrays[A_OUT] = out, arrays[A_C] = c;
     return launch(b, kr, vals, arrays, stream, st);
+}
+
+int fp8gemm_gemm(const fp8gemm_bundle *b, int64_t m, int64_t n, int64_t k, CUdeviceptr a, int64_t a_stride,
+                 CUdeviceptr a_scales, int64_t sfa_stride, CUdeviceptr bb, int64_t b_stride, CUdeviceptr b_scales,
+                 CUdeviceptr out, int64_t out_stride, CUstream stream, fp8gemm_status *st) {
+    return dense(b, "fp8gemm_gemm", "bf16", m, n, k, a, a_stride, a_scales, sfa_stride, bb, b_stride, b_scales, 0,
+                 out, out_stride, 0, 0, stream, st);
+}
+
+int fp8gemm_gemm_variant(const fp8gemm_bundle *b, const char *variant, int64_t m, int64_t n, int64_t k,
+                         CUdeviceptr a, int64_t a_stride, CUdeviceptr a_scales, int64_t sfa_stride, CUdeviceptr bb,
+                         int64_t b_stride, CUdeviceptr b_scales, int64_t sfb_stride, CUdeviceptr out,
+                         int64_t out_stride, CUdeviceptr c, int64_t c_stride, CUstream stream, fp8gemm_status *st) {
+    return dense(b, "fp8gemm_gemm_variant", variant, m, n, k, a, a_stride, a_scales, sfa_stride, bb, b_stride,
+                 b_scales, sfb_stride, out, out_stride, c, c_stride, stream, st);
 }
 
 int fp8gemm_m_grouped_contiguous(const fp8gemm_bundle *b, int64_t m_sum, int64_t n, int64_t k, int64_t groups,

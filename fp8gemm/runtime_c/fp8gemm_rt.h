@@ -3,6 +3,7 @@
  * Build: cc -std=c99 -O2 -I<dir of cuda.h> -c fp8gemm_rt.c   (link with -ldl; libcuda is opened
  * at run time with dlopen, so nothing links against it). Export a bundle with
  *     python -m fp8gemm export BUNDLE --gemm 7168x2048:4096 --masked 8x4096x7168:256
+ * (add --variants bf16,fp32,fp32_c,bf16_c,wgrad for fp8gemm_gemm_variant's training GEMMs)
  * then fp8gemm_bundle_load(BUNDLE, ...) in a thread whose current CUDA context is the one the
  * kernels should run in (the device's primary context, as torch/JAX/CuPy use).
  *
@@ -51,6 +52,22 @@ int fp8gemm_gemm(const fp8gemm_bundle *bundle, int64_t m, int64_t n, int64_t k,
                  CUdeviceptr a, int64_t a_stride, CUdeviceptr a_scales, int64_t sfa_stride,
                  CUdeviceptr b, int64_t b_stride, CUdeviceptr b_scales,
                  CUdeviceptr out, int64_t out_stride, CUstream stream, fp8gemm_status *status);
+
+/* The dense training variants (export with --variants): `variant` is "fp32" (D fp32 =
+ * gemm_fp8_fp8_fp32_nt), "fp32_c" / "bf16_c" (D = C + A.B^T with C of D's type, the c= forms),
+ * "wgrad" (wgrad_gemm_fp8_fp8_fp32_nt: D fp32 += A.B^T, B scales 1x128 per row of B) or "bf16"
+ * (fp8gemm_gemm). Layouts as above, except: D (and C) rows out_stride (c_stride) elements of D's
+ * type apart; for wgrad, B scales float32 MN-major like A's (element (n, kb) at
+ * b_scales[kb * sfb_stride + n], sfb_stride >= N, % 4 == 0, 0 = N rounded up to 4; 16-byte aligned),
+ * for the others sfb_stride must be 0. `c`: 0 for the variants without C; for fp32_c / bf16_c a
+ * separate buffer (not overlapping D) or 0 / `out` to accumulate into D (c_stride then 0 or
+ * out_stride); for wgrad 0 or `out` (the kernel reads D as C). The kernel is picked by M as for
+ * fp8gemm_gemm. The k-grouped wgrad GEMM is not exportable. */
+int fp8gemm_gemm_variant(const fp8gemm_bundle *bundle, const char *variant, int64_t m, int64_t n, int64_t k,
+                         CUdeviceptr a, int64_t a_stride, CUdeviceptr a_scales, int64_t sfa_stride,
+                         CUdeviceptr b, int64_t b_stride, CUdeviceptr b_scales, int64_t sfb_stride,
+                         CUdeviceptr out, int64_t out_stride, CUdeviceptr c, int64_t c_stride, CUstream stream,
+                         fp8gemm_status *status);
 
 /* Grouped along M, rows of all groups concatenated: A [M_sum, K], D [M_sum, N], B [G, N, K]
  * (groups b_group_stride elements apart, 0 = N * b_stride), B scales [G, ceil(N/128), ceil(K/128)].
