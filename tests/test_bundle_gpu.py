@@ -35,7 +35,7 @@ def rt(tmp_path_factory, torch):
                    casts=["bfloat16", "float32"], variants=("bf16", "fp32", "fp32_c", "bf16_c", "wgrad"))
     lib = folder / "libfp8gemm_rt.so"
     r = subprocess.run([CC, "-std=c99", "-O2", "-shared", "-fPIC", f"-I{INCLUDE}", str(folder / "runtime" / "fp8gemm_rt.c"),
-                        "-ldl", "-o", str(lib)], capture_output=True, text=True)
+                        "-ldl", "-lpthread", "-o", str(lib)], capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
     so = ctypes.CDLL(str(lib))
     i64, ptr = ctypes.c_int64, ctypes.c_uint64

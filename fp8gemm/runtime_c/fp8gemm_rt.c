@@ -10,6 +10,7 @@
 
 #include <ctype.h>
 #include <dlfcn.h>
+#include <pthread.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -53,6 +54,8 @@ typedef CUresult (*pfn_TensorMapEncodeTiled)(CUtensorMap *, CUtensorMapDataType,
                                              const cuuint32_t *, CUtensorMapInterleave, CUtensorMapSwizzle,
                                              CUtensorMapL2promotion, CUtensorMapFloatOOBfill);
 
+typedef CUresult (*pfn_TensorMapReplaceAddress)(CUtensorMap *, void *);
+
 typedef struct {
     void *lib;
     pfn_GetErrorName GetErrorName;
@@ -65,6 +68,7 @@ typedef struct {
     pfn_OccupancyMaxActiveClusters OccupancyMaxActiveClusters;
     pfn_LaunchKernelEx LaunchKernelEx;
     pfn_TensorMapEncodeTiled TensorMapEncodeTiled;
+    pfn_TensorMapReplaceAddress TensorMapReplaceAddress;
 } driver;
 
 static int driver_open(driver *d, fp8gemm_status *st) {
@@ -89,6 +93,7 @@ static int driver_open(driver *d, fp8gemm_status *st) {
     SYM(OccupancyMaxActiveClusters, "cuOccupancyMaxActiveClusters");
     SYM(LaunchKernelEx, "cuLaunchKernelEx");
     SYM(TensorMapEncodeTiled, "cuTensorMapEncodeTiled");
+    SYM(TensorMapReplaceAddress, "cuTensorMapReplaceAddress");
 #undef SYM
     return FP8GEMM_OK;
 }
@@ -455,10 +460,30 @@ typedef struct {
     const jv *value;   /* a value's expression (u32, or u64 without an array) */
 } param;
 
+/* Tensor maps a kernel was launched with, by problem values: a call whose values (shape,
+ * strides, block) match a slot's copies its maps, replacing the address of any array that moved,
+ * instead of evaluating the size expressions and encoding every map again. Slots are reused
+ * round-robin; the lock guards only the look-up and the fill, never a driver call. Allocated at
+ * load, so calls allocate nothing. */
+#define MAP_CACHE_SLOTS 8
+typedef struct {
+    int used;
+    int64_t vals[V_COUNT];
+    CUdeviceptr ptrs[MAX_PARAMS];   /* the address each map holds */
+    CUtensorMap maps[MAX_PARAMS];
+} map_cache_slot;
+
+typedef struct {
+    pthread_mutex_t lock;
+    int next;
+    map_cache_slot slots[MAP_CACHE_SLOTS];
+} map_cache;
+
 typedef struct {
     const char *name;
     CUmodule module;
     CUfunction fn;
+    map_cache *cache;
     int threads, smem, cluster, max_clusters;
     int64_t block_m, block_n;
     const jv *units;       /* persistent kernels: work units */
@@ -610,6 +635,16 @@ static int load_kernel(fp8gemm_bundle *b, const char *folder, const jv *e, kerne
     if (kr->smem > 48 * 1024 &&
         (r = b->drv.FuncSetAttribute(kr->fn, CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES, kr->smem)) != CUDA_SUCCESS)
         return cuda_fail(&b->drv, st, "cuFuncSetAttribute", r, kr->name);
+    if (posix_memalign((void **)&kr->cache, 64, sizeof *kr->cache)) {
+        kr->cache = NULL;
+        return fail(st, FP8GEMM_ERROR_BUNDLE, "%s: no memory for its tensor-map cache", kr->name);
+    }
+    memset(kr->cache, 0, sizeof *kr->cache);
+    if (pthread_mutex_init(&kr->cache->lock, NULL)) {
+        free(kr->cache);
+        kr->cache = NULL;
+        return fail(st, FP8GEMM_ERROR_BUNDLE, "%s: cannot create its tensor-map cache's lock", kr->name);
+    }
     kr->max_clusters = 0;
     if (kr->cluster > 1) {   /* a persistent grid larger than what can be resident runs its tail late */
         CUlaunchConfig cfg;
@@ -636,9 +671,14 @@ void fp8gemm_bundle_free(fp8gemm_bundle *b) {
     int i;
     if (!b)
         return;
-    for (i = 0; i < b->nkernels; i++)
+    for (i = 0; i < b->nkernels; i++) {
         if (b->kernels[i].module && b->drv.ModuleUnload)
             b->drv.ModuleUnload(b->kernels[i].module);
+        if (b->kernels[i].cache) {
+            pthread_mutex_destroy(&b->kernels[i].cache->lock);
+            free(b->kernels[i].cache);
+        }
+    }
     free(b->kernels);
     free(b->problems);
     j_free(&b->manifest);
@@ -820,6 +860,51 @@ static int encode_map(const fp8gemm_bundle *b, const kernel *kr, const jv *map, 
     return FP8GEMM_OK;
 }
 
+/* a slot holding the maps for `vals`, or NULL (the caller holds the lock) */
+static map_cache_slot *cache_find(map_cache *c, const int64_t *vals) {
+    int s;
+    for (s = 0; s < MAP_CACHE_SLOTS; s++)
+        if (c->slots[s].used && !memcmp(c->slots[s].vals, vals, sizeof c->slots[s].vals))
+            return &c->slots[s];
+    return NULL;
+}
+
+/* the cached maps of `vals` into the parameter storage and `held` (their addresses); 1 on a hit */
+static int cache_get(const kernel *kr, const int64_t *vals, CUtensorMap *maps[], CUdeviceptr held[]) {
+    map_cache_slot *sl;
+    int i;
+    pthread_mutex_lock(&kr->cache->lock);
+    sl = cache_find(kr->cache, vals);
+    if (sl)
+        for (i = 0; i < kr->nparams; i++)
+            if (maps[i]) {
+                memcpy(maps[i], &sl->maps[i], sizeof(CUtensorMap));
+                held[i] = sl->ptrs[i];
+            }
+    pthread_mutex_unlock(&kr->cache->lock);
+    return sl != NULL;
+}
+
+/* remember the maps of `vals` (the slot already holding them, else the next one round-robin) */
+static void cache_put(const kernel *kr, const int64_t *vals, CUtensorMap *maps[], const CUdeviceptr ptrs[]) {
+    map_cache *c = kr->cache;
+    map_cache_slot *sl;
+    int i;
+    pthread_mutex_lock(&c->lock);
+    if (!(sl = cache_find(c, vals))) {
+        sl = &c->slots[c->next];
+        c->next = (c->next + 1) % MAP_CACHE_SLOTS;
+        memcpy(sl->vals, vals, sizeof sl->vals);
+        sl->used = 1;
+    }
+    for (i = 0; i < kr->nparams; i++)
+        if (maps[i]) {
+            memcpy(&sl->maps[i], maps[i], sizeof(CUtensorMap));
+            sl->ptrs[i] = ptrs[i];
+        }
+    pthread_mutex_unlock(&c->lock);
+}
+
 static int launch(const fp8gemm_bundle *b, const kernel *kr, int64_t *vals, const CUdeviceptr *arrays,
                   CUstream stream, fp8gemm_status *st) {
     /* per-call parameter storage on the stack: threads never share it */
@@ -829,19 +914,34 @@ static int launch(const fp8gemm_bundle *b, const kernel *kr, int64_t *vals, cons
         uint32_t u32;
     } storage[MAX_PARAMS];
     void *ptrs[MAX_PARAMS];
+    CUtensorMap *maps[MAX_PARAMS];          /* the map parameters' storage, NULL for the others */
+    CUdeviceptr held[MAX_PARAMS], want[MAX_PARAMS];
     CUlaunchConfig cfg;
     CUlaunchAttribute attr;
     int64_t units, clusters, v;
-    int i, rc;
+    int i, rc, hit, moved = 0;
     CUresult r;
     vals[V_BLOCK_M] = kr->block_m;
     vals[V_BLOCK_N] = kr->block_n;
     for (i = 0; i < kr->nparams; i++) {
+        maps[i] = kr->params[i].type == 0 ? &storage[i].map : NULL;
+        want[i] = held[i] = maps[i] ? arrays[kr->params[i].array] : 0;
+    }
+    hit = cache_get(kr, vals, maps, held);
+    for (i = 0; i < kr->nparams; i++) {
         const param *p = &kr->params[i];
         ptrs[i] = &storage[i];
         if (p->type == 0) {
-            if ((rc = encode_map(b, kr, p->map, arrays[p->array], vals, &storage[i].map, st)) != FP8GEMM_OK)
+            if (hit && held[i] == want[i])
+                continue;                       /* the cached map, as it is */
+            if (hit) {                          /* same shape and strides, another address */
+                if ((r = b->drv.TensorMapReplaceAddress(&storage[i].map, (void *)(uintptr_t)want[i])) != CUDA_SUCCESS)
+                    return cuda_fail(&b->drv, st, "cuTensorMapReplaceAddress", r,
+                                     j_str(p->map, "array") ? j_str(p->map, "array") : "?");
+            } else if ((rc = encode_map(b, kr, p->map, want[i], vals, &storage[i].map, st)) != FP8GEMM_OK) {
                 return rc;
+            }
+            moved = 1;
         } else if (p->type == 1 && p->array >= 0) {
             storage[i].u64 = p->array == A_DEBUG ? 0 : (uint64_t)arrays[p->array];
         } else if (p->type == 1) {
@@ -854,6 +954,8 @@ static int launch(const fp8gemm_bundle *b, const kernel *kr, int64_t *vals, cons
             storage[i].u32 = (uint32_t)v;
         }
     }
+    if (moved)
+        cache_put(kr, vals, maps, want);
     memset(&cfg, 0, sizeof cfg);
     memset(&attr, 0, sizeof attr);
     if (kr->grid_dims) {

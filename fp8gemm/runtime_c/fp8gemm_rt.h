@@ -1,7 +1,7 @@
 /* fp8gemm C runtime: launch the kernels of an exported bundle on device pointers, no Python.
  *
- * Build: cc -std=c99 -O2 -I<dir of cuda.h> -c fp8gemm_rt.c   (link with -ldl; libcuda is opened
- * at run time with dlopen, so nothing links against it). Export a bundle with
+ * Build: cc -std=c99 -O2 -I<dir of cuda.h> -c fp8gemm_rt.c   (link with -ldl -lpthread; libcuda is
+ * opened at run time with dlopen, so nothing links against it). Export a bundle with
  *     python -m fp8gemm export BUNDLE --gemm 7168x2048:4096 --masked 8x4096x7168:256
  * (add --variants bf16,fp32,fp32_c,bf16_c,wgrad for fp8gemm_gemm_variant's training GEMMs)
  * then fp8gemm_bundle_load(BUNDLE, ...) in a thread whose current CUDA context is the one the
@@ -13,7 +13,9 @@
  * A stride of 0 means the default (the row width; sfa_stride: M rounded up to 4).
  * Every call returns FP8GEMM_OK or an error code; when `status` is not NULL it also holds a
  * message naming the argument or the driver call. Calls allocate nothing, never synchronise,
- * and may be made from several threads at once on one bundle.
+ * and may be made from several threads at once on one bundle. Each kernel keeps the tensor maps
+ * of its last 8 problem shapes (strides included): a call with a known shape copies them and
+ * replaces only the addresses that changed (cuTensorMapReplaceAddress) instead of encoding.
  */
 #ifndef FP8GEMM_RT_H
 #define FP8GEMM_RT_H
