@@ -10,7 +10,7 @@ import subprocess
 import pytest
 
 import fp8gemm
-from test_export_cpu import CC, INCLUDE, needs_cc
+from test_export_cpu import CC, INCLUDE
 
 # The stand-in driver: every call succeeds; a "tensor map" holds its address in word 0 and a
 # mark in word 15; a launch records, per calling thread, the addresses of the maps among its
