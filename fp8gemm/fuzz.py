@@ -6,20 +6,28 @@
 
 Problem ``i`` of seed ``s`` is drawn from its own generator (``random.Random(f"{s}:{i}")``), so
 it is replayed exactly by ``--seed s --only i``; a failure prints that line. Families: dense,
-contiguous (m_indices and group_ends forms), masked, and the two casts. Each problem draws:
+contiguous (m_indices and group_ends forms), masked, the two casts, and the training GEMMs:
+fp32 (FP32 out), fp32_c and bf16_c (D = C + A.B with a separate C or C = out, accumulating),
+wgrad (out += A.B^T, 1x128 scales on B's rows) and k_grouped (out[g] += A_g.B_g^T, each group
+its own K, up to ~130 groups so that the 120-group chunking is crossed). Each problem draws:
 
 - sizes from edge-heavy lists (1, 2, 7, block +- 1, ...), sometimes >= 16k rows or K = 16k;
 - row strides with padding, views that start inside larger buffers (a guard band of poison
   around every output, checked after the run), scale arrays with padded strides;
 - half the time a config forced from the candidate list (multicast A/B, two-scale BN, ...);
 - input distributions: normal, heavy-tailed, tiny, one huge outlier per row, all-zero rows;
-- grouped metadata edges: empty and one-row groups, all -1 blocks, masked_m 0 / 1 / M_max.
+- grouped metadata edges: empty and one-row groups, all -1 blocks, masked_m 0 / 1 / M_max;
+- training: C of unit, matched or large magnitude (its own strides and offset, or out itself,
+  pre-filled); k_grouped group K from 0, 16, 128, 128 +- 16, ..., padded rows between groups.
 
 GEMM outputs are checked against the float64 product of the dequantized inputs, element by
 element: |out - ref| <= 2^-8 |ref| + 2^-7 (|A| |B|^T) (bf16 rounding plus the FP8 tensor-core
 accumulation; a zero row must come out exactly zero), and normwise on pieces of 4096+
 elements (<= 2e-3; 4e-3 for heavy-tailed and outlier inputs); all finite, and poison intact wherever
-nothing may be written.
+nothing may be written. The families with C (or accumulating into out) are checked on the product
+part, out - C_before against A.B, with the output's rounding taken of |C| + |ref| (2^-23 for an
+FP32 out instead of bf16's 2^-8); a separate C must come back unchanged, a k_grouped group with
+K = 0 bit for bit as it was.
 Casts are checked bit for bit against fp8gemm.reference. Needs torch and a Hopper GPU.
 """
 from __future__ import annotations
@@ -36,14 +44,19 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]       # the checkout, when run from one
 
-FAMILIES = {"dense": 4, "contiguous": 3, "masked": 3, "cast_token": 1, "cast_block": 1}
-POISON = 0x7FC1                 # a bf16 NaN
+FAMILIES = {"dense": 4, "contiguous": 3, "masked": 3, "cast_token": 1, "cast_block": 1,
+            "fp32": 2, "fp32_c": 1, "bf16_c": 1, "wgrad": 2, "k_grouped": 2}
+TRAINING = ("fp32", "fp32_c", "bf16_c", "wgrad")      # dense layout, the training output variants
+DENSE_LIKE = ("dense",) + TRAINING
+POISON = 0x7FC1                 # a bf16 NaN (filled twice: 0x7FC17FC1, an FP32 NaN too)
 EDGE_M = [1, 2, 3, 7, 8, 15, 16, 63, 64, 65, 127, 128, 129, 191, 192, 255, 256, 257, 383, 511, 513]
 EDGE_N = [8, 16, 24, 56, 64, 120, 128, 136, 160, 184, 192, 200, 248, 256, 264, 384, 2112]
 EDGE_K = [16, 32, 48, 112, 128, 144, 240, 256, 272, 512, 576, 1008, 1024]
 DISTS = ["normal", "normal", "heavy", "tiny", "outlier", "zero_rows"]
 MAX_WORK = 1 << 33              # M*N*K cap per problem (keeps one problem well under a second)
 MAX_CAST = 1 << 25              # M*K cap for the casts (their reference runs in NumPy)
+EDGE_KG = [0, 0, 16, 112, 128, 144, 256, 1024, 4096]    # k_grouped: a group's K (multiples of 16)
+C_SCALES = ["unit", "matched", "matched", "large"]      # C's magnitude: 1, the product's rms, 64x it
 
 
 # ---- drawing problems ---------------------------------------------------------------------------
@@ -67,6 +80,8 @@ def draw(seed: int, index: int) -> dict:
         p["src"] = rng.choice(["bfloat16", "float32"])
         p["dist"] = rng.choice(DISTS)
         return p
+    if fam == "k_grouped":
+        return _draw_k_grouped(rng, p)
     n = _dim(rng, EDGE_N, 8, 4096)
     k = _dim(rng, EDGE_K, 16, 8192, huge=16384)
     p.update(n=n, k=k, dist=rng.choice(DISTS), force=rng.random() < 0.5)
@@ -75,8 +90,15 @@ def draw(seed: int, index: int) -> dict:
     p["out_pad"] = 8 * rng.randint(1, 4) if pad else 0
     p["row_offset"] = rng.randint(1, 3) if rng.random() < 0.3 else 0      # view starts inside a buffer
     p["sfa_pad"] = 4 * rng.randint(1, 3) if rng.random() < 0.3 else 0
-    if fam == "dense":
+    if fam in DENSE_LIKE:
         p["m"] = _dim(rng, EDGE_M, 1, 4096, huge=16384)
+        if fam in ("fp32_c", "bf16_c"):
+            p["c_form"] = rng.choice(["separate", "out"])
+            if p["c_form"] == "separate":
+                p["c_pad"] = 8 * rng.randint(0, 4)
+                p["c_offset"] = rng.randint(0, 3)
+        if fam in ("fp32_c", "bf16_c", "wgrad"):
+            p["c_scale"] = rng.choice(C_SCALES)
     elif fam == "contiguous":
         g = rng.choice([1, 1, 2, 3, 4, 8, 9])
         sizes = [rng.choice([0, 1, 127, 128, 129, rng.randint(1, 700)]) for _ in range(g)]
@@ -94,8 +116,38 @@ def draw(seed: int, index: int) -> dict:
     return p
 
 
+def _draw_k_grouped(rng, p):
+    """G groups sharing M and N (multiples of 8), each with its own K; out [G, M, N] padded."""
+    from fp8gemm.config import MAX_K_GROUPS
+    g = rng.randint(1, 8) if rng.random() < 0.93 else rng.choice([MAX_K_GROUPS - 1, MAX_K_GROUPS,
+                                                                   MAX_K_GROUPS + 1, rng.randint(100, 130)])
+
+    def one_k():
+        r = rng.random()
+        if r < 0.6:
+            return rng.choice(EDGE_KG)
+        if r < 0.9:
+            return 16 * rng.randint(1, 256)
+        return 16 * rng.randint(1, 8) + 128 * rng.randint(0, 24)
+    ks = [one_k() for _ in range(g)]
+    m, n = _dim(rng, EDGE_N, 8, 4096), _dim(rng, EDGE_N, 8, 4096)
+    while m * n * max(1, sum(ks)) > MAX_WORK:        # keep the problem (and its reference) small
+        if m >= n:
+            m = max(8, m // 16 * 8)
+        else:
+            n = max(8, n // 16 * 8)
+        if m == n == 8:
+            break
+    pad = rng.random() < 0.35
+    p.update(groups=g, ks=ks, m=m, n=n, dist="normal",
+             force=rng.random() < 0.5 and g <= MAX_K_GROUPS,     # one config holds one group count
+             out_pad=8 * rng.randint(1, 4) if pad else 0,
+             group_pad_rows=rng.choice([0, 0, 1, 8]) if pad else 0)
+    return p
+
+
 def _m_of(p) -> int:
-    if p["family"] == "dense":
+    if p["family"] in DENSE_LIKE or p["family"] == "k_grouped":
         return p["m"]
     if p["family"] == "contiguous":
         return max(1, _layout(p).m_sum // max(1, p["groups"]))
@@ -128,7 +180,7 @@ def _guarded(torch, rows, cols, pad, offset, dtype, fill):
     """A [rows, cols] view inside a larger poisoned buffer: ``offset`` rows before, ``pad``
     extra columns, one spare row after. Returns (view, buffer)."""
     buf = torch.empty((rows + offset + 1, cols + pad), device="cuda", dtype=dtype)
-    buf.view(torch.int16 if dtype == torch.bfloat16 else torch.uint8).fill_(fill)
+    buf.view(torch.int16 if dtype in (torch.bfloat16, torch.float32) else torch.uint8).fill_(fill)
     return buf[offset:offset + rows, :cols], buf
 
 
@@ -171,9 +223,12 @@ POOL = 12                       # forced configs per kind and seed (compiled up 
 
 def forced_pool(seed: int, kind: str) -> list:
     """The configs problems of this seed may force for ``kind``: a seeded sample of the
-    candidate list (multicast, two-scale BN and every BM among them)."""
-    from fp8gemm.config import candidate_configs
-    cands = candidate_configs(1 << 14, kind)
+    candidate list (multicast, two-scale BN and every BM among them). ``kind`` is a layout
+    (dense, contiguous, contiguous_psum, masked, k_grouped: ``candidate_configs``) or a training
+    output variant of the dense layout (fp32, fp32_c, bf16_c, wgrad: ``variant_configs``).
+    k_grouped configs carry a placeholder group count (``_forced`` sets the problem's)."""
+    from fp8gemm.config import VARIANTS, candidate_configs, variant_configs
+    cands = variant_configs(kind, 1 << 14) if kind in VARIANTS else candidate_configs(1 << 14, kind)
     return random.Random(f"{seed}:pool:{kind}").sample(cands, min(POOL, len(cands)))
 
 
@@ -183,7 +238,9 @@ def precompile(seed: int) -> float:
 
     from fp8gemm import jit
     from fp8gemm.ptx_templates import gemm as template
-    cfgs = [c for kind in ("dense", "contiguous", "contiguous_psum", "masked") for c in forced_pool(seed, kind)]
+    # k_grouped kernels are compiled per group count (a compile-time value): on first use instead
+    kinds = ("dense", "contiguous", "contiguous_psum", "masked") + TRAINING
+    cfgs = [c for kind in kinds for c in forced_pool(seed, kind)]
     t0 = time.time()
 
     def one(cfg):
@@ -194,8 +251,12 @@ def precompile(seed: int) -> float:
     return time.time() - t0
 
 
-def _forced(fp8gemm, rng, kind, seed):
-    return rng.choice(forced_pool(seed, kind))
+def _forced(fp8gemm, rng, kind, seed, groups=0):
+    cfg = rng.choice(forced_pool(seed, kind))
+    if kind == "k_grouped":
+        import dataclasses
+        cfg = dataclasses.replace(cfg, groups=groups)
+    return cfg
 
 
 # ---- checks -------------------------------------------------------------------------------------
@@ -208,6 +269,20 @@ def _reference(torch, aq, sa, bq, sb):
     return ad @ bd.t(), ad.abs() @ bd.abs().t()
 
 
+def _abs_fp8(torch, q):
+    """|q| of e4m3 data (the sign bit cleared), still e4m3."""
+    return (q.view(torch.uint8) & 0x7F).view(q.dtype)
+
+
+def _reference_wgrad(torch, lhs, rhs):
+    """(A . B^T, |A| . |B|^T) in float64 with 1x128 scales on both operands
+    (fp8gemm.testing.reference_wgrad; scales are positive, so |q| gives the magnitudes)."""
+    from fp8gemm.testing import reference_wgrad
+    (aq, sa), (bq, sb) = lhs, rhs
+    return (reference_wgrad(torch, (aq, sa), (bq, sb)),
+            reference_wgrad(torch, (_abs_fp8(torch, aq), sa), (_abs_fp8(torch, bq), sb)))
+
+
 # Element bound: bf16 rounding of the result (2^-8 relative) plus the accumulation. The FP8
 # tensor core keeps ~14 bits of its running sum (DeepSeek-V3 report, 3.3.2) and the kernel
 # promotes to FP32 every 128 of K, so each of up to 128 additions may lose 2^-14 of the
@@ -217,23 +292,35 @@ ROUND, ACCUM = 2.0 ** -8, 2.0 ** -7
 # Normwise, where truncation errors average out: 2e-3 as the test suite; inputs whose dot
 # products are dominated by a few terms (heavy, outlier) do not average: 4e-3.
 NORMWISE = {"heavy": 4e-3, "outlier": 4e-3}
+# An FP32 output: its rounding (2^-24 relative, twice: the scaled partial sums and C + A.B)
+# in place of bf16's; the accumulation term is the same.
+ROUND_FP32 = 2.0 ** -23
 
 
-def _check_rows(torch, out, refs, what, dist="normal"):
+def _check_rows(torch, out, refs, what, dist="normal", c=None, rnd=ROUND):
+    """out against refs = (A.B, |A||B|); with ``c`` (C before the call: a separate C, or out's
+    own values when accumulating) the product part out - c is checked, the output's rounding
+    ``rnd`` taken of |c| + |A.B| (the kernel rounds C + A.B once)."""
     ref, mag = refs
     o = out.double()
     if not torch.isfinite(o).all():
         bad = (~torch.isfinite(o)).nonzero()[:3].tolist()
         raise AssertionError(f"{what}: non-finite (unwritten or overflow) at {bad}")
-    excess = (o - ref).abs() - (ROUND * ref.abs() + ACCUM * mag)
+    cd = None if c is None else c.double()
+    prod = o if cd is None else o - cd
+    size = ref.abs() if cd is None else ref.abs() + cd.abs()
+    excess = (prod - ref).abs() - (rnd * size + ACCUM * mag)
     if (excess > 0).any():
         i, j = divmod(int(excess.argmax()), ref.shape[1])
-        raise AssertionError(f"{what}: element ({i}, {j}) = {o[i, j].item():.6g}, reference {ref[i, j].item():.6g} "
-                             f"(bound {ROUND * abs(ref[i, j].item()) + ACCUM * mag[i, j].item():.3g})")
+        c_txt = "" if cd is None else f" - C {cd[i, j].item():.6g}"
+        raise AssertionError(f"{what}: element ({i}, {j}) = {o[i, j].item():.6g}{c_txt}, reference "
+                             f"{ref[i, j].item():.6g} (bound {rnd * size[i, j].item() + ACCUM * mag[i, j].item():.3g})")
     den = ref.norm().item()
-    err = (o - ref).norm().item() / den if den else 0.0
+    err = (prod - ref).norm().item() / den if den else 0.0
     if o.numel() >= 4096 and den:
         limit = NORMWISE.get(dist, 2e-3)
+        if cd is not None:          # C's share of the output's rounding
+            limit += rnd * cd.norm().item() / den
         if err > limit:
             raise AssertionError(f"{what}: normwise relative error {err:.3e} > {limit:.3e}")
     return err
@@ -252,23 +339,40 @@ def _outside(torch, buf, view_rows, offset, cols):
 
 
 # ---- running one problem --------------------------------------------------------------------------
+def config_kind(p: dict) -> str:
+    """The forced-config pool a GEMM problem draws from: its layout, or its training variant."""
+    fam = p["family"]
+    if fam in ("dense", "masked", "k_grouped") or fam in TRAINING:
+        return fam
+    return "contiguous" if p["form"] == "indices" else "contiguous_psum"
+
+
+def forced_config(p: dict):
+    """Problem ``p``'s forced config (None: the heuristic's), from its own generator."""
+    if not p.get("force"):
+        return None
+    rng = random.Random(f"{p['seed']}:{p['index']}:run")
+    return _forced(None, rng, config_kind(p), p["seed"], p.get("groups", 0))
+
+
 def run(torch, p: dict) -> dict:
     import fp8gemm
-    rng = random.Random(f"{p['seed']}:{p['index']}:run")
     gen = torch.Generator(device="cuda").manual_seed(hash((p["seed"], p["index"])) & 0x7FFFFFFF)
     fam = p["family"]
     if fam.startswith("cast"):
         return _run_cast(torch, fp8gemm, p, gen)
+    cfg = forced_config(p)
+    p["config"] = cfg.name if cfg else "heuristic"
+    if fam == "k_grouped":
+        return _run_k_grouped(torch, fp8gemm, p, cfg)
     n, k = p["n"], p["k"]
     m = _m_of(p)
-    if m * n * k > MAX_WORK and fam == "dense":
+    if m * n * k > MAX_WORK and fam in DENSE_LIKE:
         p["m"] = m = max(1, MAX_WORK // (n * k))
-    kind = {"dense": "dense", "masked": "masked"}.get(fam) or (
-        "contiguous" if p["form"] == "indices" else "contiguous_psum")
-    cfg = _forced(fp8gemm, rng, kind, p["seed"]) if p["force"] else None
-    p["config"] = cfg.name if cfg else "heuristic"
     if fam == "dense":
         return _run_dense(torch, fp8gemm, p, gen, cfg)
+    if fam in TRAINING:
+        return _run_training(torch, fp8gemm, p, gen, cfg)
     if fam == "contiguous":
         return _run_contiguous(torch, fp8gemm, p, gen, cfg)
     return _run_masked(torch, fp8gemm, p, gen, cfg)
@@ -287,6 +391,98 @@ def _run_dense(torch, fp8gemm, p, gen, cfg):
     for part in _outside(torch, buf, m, p["row_offset"], n):
         _check_poison(torch, part, "dense guard band")
     return {"err": err}
+
+
+def _c_values(torch, shape, ref, scale, gen):
+    """Random fp32 values for C (or an accumulated out): unit normal, or the product's rms
+    ("matched"), or 64x that ("large": the product is a small part of the result)."""
+    x = torch.randn(shape, device="cuda", generator=gen)
+    if scale == "unit":
+        return x
+    rms = ref.pow(2).mean().sqrt().item() or 1.0
+    return x * (rms * (64.0 if scale == "large" else 1.0))
+
+
+def _run_training(torch, fp8gemm, p, gen, cfg):
+    """fp32 / fp32_c / bf16_c / wgrad on the dense layout: out (and a separate C) in poisoned
+    buffers; out pre-filled with C's values when it is C (c=out, and always for wgrad)."""
+    fam = p["family"]
+    m, n, k = p["m"], p["n"], p["k"]
+    a_bf = _values(torch, (m, k), p["dist"], gen)
+    b_bf = _values(torch, (n, k), p["dist"], gen)
+    aq, sa = _quant_a(torch, fp8gemm, a_bf, p)
+    if fam == "wgrad":
+        bq, sb = fp8gemm.per_token_cast_to_fp8(b_bf)          # 1x128 per row of B, MN-major [N, kb]
+        refs = _reference_wgrad(torch, (aq, sa), (bq, sb))
+    else:
+        bq, sb = _quant_b(torch, fp8gemm, b_bf)
+        refs = _reference(torch, aq, sa, bq, sb)
+    dtype = torch.bfloat16 if fam == "bf16_c" else torch.float32
+    out, buf = _guarded(torch, m, n, p["out_pad"], p["row_offset"], dtype, POISON)
+    c = c_before = c_buf = None
+    if fam != "fp32":
+        vals = _c_values(torch, (m, n), refs[0], p["c_scale"], gen).to(dtype)
+        if fam == "wgrad" or p["c_form"] == "out":
+            c = out
+        else:
+            c, c_buf = _guarded(torch, m, n, p["c_pad"], p["c_offset"], dtype, POISON)
+        c.copy_(vals)
+        c_before = c.clone()
+    lhs, rhs = (aq, sa), (bq, sb)
+    if fam == "fp32":
+        fp8gemm.gemm_fp8_fp8_fp32_nt(lhs, rhs, out, config=cfg)
+    elif fam == "fp32_c":
+        fp8gemm.gemm_fp8_fp8_fp32_nt(lhs, rhs, out, config=cfg, c=c)
+    elif fam == "bf16_c":
+        fp8gemm.gemm_fp8_fp8_bf16_nt(lhs, rhs, out, config=cfg, c=c)
+    else:
+        fp8gemm.wgrad_gemm_fp8_fp8_fp32_nt(lhs, rhs, out, config=cfg)
+    torch.cuda.synchronize()
+    what = fam + ("" if fam in ("fp32", "wgrad") else f" (c={'out' if c is out else 'separate'})")
+    err = _check_rows(torch, out, refs, what, p["dist"], c=c_before,
+                      rnd=ROUND if dtype == torch.bfloat16 else ROUND_FP32)
+    if c_buf is not None:
+        if not torch.equal(c.view(torch.int16), c_before.view(torch.int16)):
+            raise AssertionError(f"{what}: C was written (it is read only)")
+        for part in _outside(torch, c_buf, m, p["c_offset"], n):
+            _check_poison(torch, part, f"{fam} C guard band")
+    for part in _outside(torch, buf, m, p["row_offset"], n):
+        _check_poison(torch, part, f"{fam} guard band")
+    return {"err": err}
+
+
+def _run_k_grouped(torch, fp8gemm, p, cfg):
+    """out[g] += A_g . B_g^T (fp8gemm.testing.k_grouped_inputs: the flat layout and each group's
+    quantized pair); out [G, M, N] inside a poisoned buffer with a guard group before and after,
+    padded rows and columns, its view pre-filled with random values."""
+    from fp8gemm.testing import k_grouped_inputs
+    g, m, n, ks = p["groups"], p["m"], p["n"], p["ks"]
+    seed = hash((p["seed"], p["index"])) & 0x7FFFFFFF
+    (a, sa), (b, sb), qa, qb = k_grouped_inputs(torch, m, n, ks, seed)
+    buf = torch.empty((g + 2, m + p["group_pad_rows"], n + p["out_pad"]), device="cuda")
+    buf.view(torch.int16).fill_(POISON)
+    out = buf[1:g + 1, :m, :n]
+    gen = torch.Generator(device="cuda").manual_seed(seed + 1)
+    out.copy_(torch.randn((g, m, n), device="cuda", generator=gen) * 16.0)
+    before = out.clone()
+    fp8gemm.k_grouped_wgrad_gemm_fp8_fp8_fp32_nt((a, sa), (b, sb), out, ks, config=cfg)
+    torch.cuda.synchronize()
+    worst = 0.0
+    for gi, k in enumerate(ks):
+        if k == 0:
+            if not torch.equal(out[gi].view(torch.int32), before[gi].view(torch.int32)):
+                raise AssertionError(f"k_grouped group {gi} has K = 0 and was written")
+            continue
+        refs = _reference_wgrad(torch, qa[gi], qb[gi])
+        worst = max(worst, _check_rows(torch, out[gi], refs, f"k_grouped group {gi} (K = {k})", c=before[gi],
+                                       rnd=ROUND_FP32))
+    _check_poison(torch, buf[0], "k_grouped guard group before")
+    _check_poison(torch, buf[g + 1], "k_grouped guard group after")
+    if p["group_pad_rows"]:
+        _check_poison(torch, buf[1:g + 1, m:], "k_grouped padding rows")
+    if p["out_pad"]:
+        _check_poison(torch, buf[1:g + 1, :m, n:], "k_grouped padding columns")
+    return {"err": worst}
 
 
 def _run_contiguous(torch, fp8gemm, p, gen, cfg):
@@ -388,8 +584,13 @@ def main(argv=None) -> int:
     ap.add_argument("--only", type=int, help="run just this problem index (a reproducer)")
     ap.add_argument("--json", help="write the summary here (also the state --resume reads)")
     ap.add_argument("--resume", help="continue a previous run from its JSON summary")
-    ap.add_argument("--families", help=f"comma-separated subset of {','.join(FAMILIES)}")
+    ap.add_argument("--families", help=f"comma-separated subset of {','.join(FAMILIES)} "
+                                       "(fp32, fp32_c, bf16_c, wgrad and k_grouped: the training GEMMs)")
     args = ap.parse_args(argv)
+    if args.families:
+        unknown = set(args.families.split(",")) - set(FAMILIES)
+        if unknown:
+            ap.error(f"--families: unknown {','.join(sorted(unknown))}; choose from {','.join(FAMILIES)}")
     try:
         import torch
     except ImportError:
@@ -400,6 +601,8 @@ def main(argv=None) -> int:
     if args.resume:
         state = json.loads(Path(args.resume).read_text())
         state["commit"] = _commit()
+        for f in FAMILIES:          # a summary from before a family was added
+            state["per_family"].setdefault(f, {"run": 0, "failed": 0, "skipped": 0})
     families = set(args.families.split(",")) if args.families else set(FAMILIES)
     seed = state["seed"]
     if args.only is not None:
