@@ -12,6 +12,8 @@ which a plan fills at launch from the groups' K.
 """
 from __future__ import annotations
 
+import dataclasses
+
 from typing import Any, Sequence
 
 from . import arrays, launcher
@@ -209,7 +211,8 @@ def k_grouped_wgrad_gemm_fp8_fp8_fp32_nt(lhs: tuple, rhs: tuple, out: Any, batch
     rhs = (b e4m3, flat [N, k_g] matrices, b_scales f32 [sum ceil(k_g/128), N])
     out = f32 [G, M, N] (rows may be padded); batch_sizes = the groups' K (host ints, multiples
     of 16, 0 allowed: that group's slice is left as it was). M and N are multiples of 8.
-    More than 120 groups run as several launches of at most 120.
+    More than 120 groups run as several launches of at most 120; a forced ``config`` is for the
+    first launch's group count, and later launches take its tile with their own.
     """
     who = "k_grouped_wgrad_gemm_fp8_fp8_fp32_nt"
     if not (isinstance(lhs, tuple) and len(lhs) == 2 and isinstance(rhs, tuple) and len(rhs) == 2):
@@ -221,6 +224,13 @@ def k_grouped_wgrad_gemm_fp8_fp8_fp32_nt(lhs: tuple, rhs: tuple, out: Any, batch
     if groups < 1:
         raise ValueError("out: needs at least one group")
     ks = check_batch_sizes(who, batch_sizes, groups)
+    if config is not None:
+        if not isinstance(config, GemmConfig):
+            raise TypeError(f"config: must be a GemmConfig, got {type(config).__name__}")
+        if config.kind != "k_grouped" or config.groups != min(groups, MAX_K_GROUPS):
+            raise ValueError(f"config: must be a k_grouped config for {min(groups, MAX_K_GROUPS)} groups (the "
+                             f"first launch's; later launches of more than {MAX_K_GROUPS} groups take its tile with "
+                             f"their own count), got {config.name}")
     for name, v in (("M", m), ("N", n)):
         if v % 8:
             raise ValueError(f"out: {name} = {v} must be a multiple of 8")
@@ -241,16 +251,20 @@ def k_grouped_wgrad_gemm_fp8_fp8_fp32_nt(lhs: tuple, rhs: tuple, out: Any, batch
     device = arrays.check_same_device({"a": a, "a_scales": sa, "b": b, "b_scales": sb, "out": d})
     launcher.context_for(device)
     raw_stream = arrays.resolve_stream(stream, [a], device)
+    launches = []          # every plan first: a bad one raises before any group is written
     for g0 in range(0, groups, MAX_K_GROUPS):
         chunk = ks[g0:g0 + MAX_K_GROUPS]
         g = len(chunk)
-        key = (m, n, g, sfa_stride, sfb_stride, d.strides[1], d.strides[0], device, config)
+        forced = None if config is None else dataclasses.replace(config, groups=g)
+        key = (m, n, g, sfa_stride, sfb_stride, d.strides[1], d.strides[0], device, forced)
         plan = _plans.get(key)
         if plan is None:
-            plan = _plans[key] = KGroupedPlan(m, n, g, config=config, device=device, sfa_stride=sfa_stride,
+            plan = _plans[key] = KGroupedPlan(m, n, g, config=forced, device=device, sfa_stride=sfa_stride,
                                               sfb_stride=sfb_stride, out_stride=d.strides[1],
                                               out_group_stride=d.strides[0],
                                               expected_k=max(16, sum(chunk) // g // 16 * 16))
+        launches.append((g0, chunk, plan))
+    for g0, chunk, plan in launches:
         k0, kb0 = sum(ks[:g0]), sum(ceil_div(x, BLOCK_K) for x in ks[:g0])
         plan.launch(a.ptr + m * k0, sa.ptr + 4 * sfa_stride * kb0, b.ptr + n * k0, sb.ptr + 4 * sfb_stride * kb0,
                     d.ptr + 4 * d.strides[0] * g0, chunk, raw_stream)

@@ -238,3 +238,20 @@ def test_group_values():
     assert [g["k_start_g"] for g in gv] == [0, 256, 256, 400]
     assert [g["kb_start_g"] for g in gv] == [0, 2, 2, 4]
     assert [g["k_blocks_g"] for g in gv] == [2, 0, 2, 1]
+
+
+def test_k_grouped_forced_config_is_checked_before_any_launch():
+    """More than 120 groups run as several launches: a forced config must fit the first one and
+    is refused, naming config, before anything runs (not on the second launch, after the first
+    has written its groups)."""
+    from fp8gemm.config import variant_fields
+    f = fp8gemm.k_grouped_wgrad_gemm_fp8_fp8_fp32_nt
+    ks = [128] * 130
+    lhs, rhs, d = _k_grouped(64, 128, ks)
+    wrong = GemmConfig(64, 112, 4, **variant_fields("wgrad", "k_grouped", 130 - 120))
+    with pytest.raises(ValueError, match=r"config: must be a k_grouped config for 120 groups"):
+        f(lhs, rhs, d, ks, config=wrong)
+    with pytest.raises(ValueError, match=r"config: must be a k_grouped config for 2 groups"):
+        f(*_k_grouped(64, 128, [128, 128]), [128, 128], config=GemmConfig(64, 112, 4))
+    with pytest.raises(TypeError, match="config: must be a GemmConfig"):
+        f(lhs, rhs, d, ks, config="64x112")
