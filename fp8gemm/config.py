@@ -74,6 +74,7 @@ class GemmConfig:
     out_dtype: str = "bfloat16"      # D's element type: bf16 (the inference GEMMs) or fp32 (training)
     with_c: bool = False             # D = C + A.B: the tile of C (D's dtype) is loaded by TMA, added, stored
     b_scales: str = "block"          # "block": 128x128 blocks of B; "row": 1x128 per row of B (wgrad)
+    reduce_out: bool = False         # D += A.B by a TMA reduce-add store onto out (fp32; no C input to load)
     groups: int = 0                  # k_grouped only: the groups, fixed at compile time (parameter arrays)
 
     def __post_init__(self):
@@ -86,10 +87,14 @@ class GemmConfig:
         if self.training and (self.kind not in ("dense", "k_grouped") or self.cluster > 1):
             raise ValueError("FP32 output, a C input and per-row B scales are for the dense and k_grouped "
                              "layouts without a cluster")
+        if self.reduce_out and (self.out_dtype != "float32" or self.with_c or self.b_scales != "row"
+                                or self.block_m in SMALL_BLOCK_MS):
+            raise ValueError("reduce_out (out += A.B by a TMA reduce-add, C being out) is for the weight-gradient "
+                             "kernels: FP32 output, per-row B scales, no separate C, tiles of 64 rows or more")
         if self.out_dtype == "float32" and self.block_m > 128:
             raise ValueError("an FP32 output tile has at most 128 rows (its shared-memory tile doubles)")
         if self.kind == "k_grouped":
-            if not (self.out_dtype == "float32" and self.with_c and self.b_scales == "row"):
+            if not (self.out_dtype == "float32" and (self.with_c or self.reduce_out) and self.b_scales == "row"):
                 raise ValueError("the k_grouped layout accumulates FP32 (out_dtype float32, with_c) with "
                                  "per-row B scales")
             if not (isinstance(self.groups, int) and 1 <= self.groups <= MAX_K_GROUPS):
@@ -123,7 +128,7 @@ class GemmConfig:
         # the inference fields always, the training fields where they differ from bf16 / no C
         names = ["block_m", "block_n", "stages", "cluster", "multicast_on_a", "kind", "debug"]
         names += [f for f, default in (("out_dtype", "bfloat16"), ("with_c", False), ("b_scales", "block"),
-                                       ("groups", 0)) if getattr(self, f) != default]
+                                       ("reduce_out", False), ("groups", 0)) if getattr(self, f) != default]
         return "GemmConfig(" + ", ".join(f"{f}={getattr(self, f)!r}" for f in names) + ")"
 
     # ---- derived sizes -----------------------------------------------------------------
@@ -149,7 +154,7 @@ class GemmConfig:
     @property
     def training(self) -> bool:
         """Any of the training GEMMs' features (FP32 out, a C input, per-row B scales)."""
-        return self.out_dtype != "bfloat16" or self.with_c or self.b_scales != "block"
+        return self.out_dtype != "bfloat16" or self.with_c or self.b_scales != "block" or self.reduce_out
 
     @property
     def out_bytes(self) -> int:
@@ -226,6 +231,7 @@ class GemmConfig:
         mc = f"_mc{self.cluster}{self.multicast_tag}" if self.cluster > 1 else ""
         dbg = "_debug" if self.debug else ""
         train = (("_f32" if self.out_dtype == "float32" else "") + ("_c" if self.with_c else "")
+                 + ("_red" if self.reduce_out else "")
                  + ("_sfbrow" if self.b_scales == "row" else "") + (f"_g{self.groups}" if self.groups else ""))
         return f"fp8gemm_{self.kind}_bm{self.block_m}_bn{self.block_n}_s{self.stages}{mc}{train}{dbg}"
 
@@ -446,7 +452,8 @@ def variant_fields(variant: str, kind: str = "dense", groups: int = 0) -> dict:
 
 def variant_of(cfg: GemmConfig) -> str:
     """The name in ``VARIANTS`` of a config's output variant."""
-    fields = {"out_dtype": cfg.out_dtype, "with_c": cfg.with_c, "b_scales": cfg.b_scales}
+    # a reduce-add kernel computes what the C-loading one does with C = out (wgrad's contract)
+    fields = {"out_dtype": cfg.out_dtype, "with_c": cfg.with_c or cfg.reduce_out, "b_scales": cfg.b_scales}
     defaults = {"out_dtype": "bfloat16", "with_c": False, "b_scales": "block"}
     for name, want in VARIANTS.items():
         if fields == defaults | want:

@@ -15,6 +15,7 @@ and compute-sanitizer.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import re
@@ -54,6 +55,11 @@ def variants():
     out.append((wg.name, lambda: _wgrad(wg)))
     kg = GemmConfig(64, 112, 4, **variant_fields("wgrad", "k_grouped", 4))
     out.append((kg.name, lambda: _k_grouped(kg)))
+    # the reduce-add epilogue (out += D by TMA in L2, no C load)
+    wr = dataclasses.replace(wg, with_c=False, reduce_out=True)
+    out.append((wr.name, lambda: _wgrad(wr)))
+    kr = dataclasses.replace(kg, with_c=False, reduce_out=True)
+    out.append((kr.name, lambda: _k_grouped(kr)))
     out.append(("fp8gemm_per_token_cast", lambda: _cast("token")))     # kernels fp8gemm_per_*_cast_<src>
     out.append(("fp8gemm_per_block_cast", lambda: _cast("block")))
     return out

@@ -255,3 +255,32 @@ def test_k_grouped_forced_config_is_checked_before_any_launch():
         f(*_k_grouped(64, 128, [128, 128]), [128, 128], config=GemmConfig(64, 112, 4))
     with pytest.raises(TypeError, match="config: must be a GemmConfig"):
         f(lhs, rhs, d, ks, config="64x112")
+
+
+@pytest.mark.parametrize("kind,bn", [("dense", 160), ("dense", 128), ("dense", 104), ("k_grouped", 152)])
+def test_reduce_out_kernels(kind, bn):
+    """The reduce-add epilogue: one cp.reduce.async.bulk.tensor store, no C map, load or barrier;
+    compiles without spills; a wgrad config for the host (the wgrad and k-grouped calls)."""
+    cfg = GemmConfig(128, bn, 3, **dict(variant_fields("wgrad", kind, 4 if kind == "k_grouped" else 0),
+                                         with_c=False, reduce_out=True))
+    assert cfg.name.endswith("_f32_red_sfbrow" + ("_g4" if kind == "k_grouped" else ""))
+    assert variant_of(cfg) == "wgrad"
+    kern = template.build(cfg)
+    ptx = kern.render()
+    assert len(re.findall(r"cp\.reduce\.async\.bulk\.tensor\.[23]d\.global\.shared::cta\.add\.tile\.bulk_group", ptx)) == 1
+    assert "tmap_c" not in ptx and "c_full" not in ptx
+    assert not re.search(r"cp\.async\.bulk\.tensor\.[23]d\.global\.shared::cta\.bulk_group", ptx)   # no plain store
+    assert [t.array for t in template.spec(cfg).tensor_maps if t.array == "c"] == []
+    res = jit.compile_ptx(ptx, kern.name).resources
+    assert res.spill_stores == 0 and res.spill_loads == 0
+    load = GemmConfig(128, bn, 3, **variant_fields("wgrad", kind, 4 if kind == "k_grouped" else 0))
+    assert cfg.smem_bytes <= load.smem_bytes
+
+
+@pytest.mark.parametrize("fields", [dict(out_dtype="bfloat16", b_scales="row"), dict(out_dtype="float32"),
+                                    dict(out_dtype="float32", b_scales="row", with_c=True)])
+def test_reduce_out_is_for_the_wgrad_kernels_only(fields):
+    with pytest.raises(ValueError, match="reduce_out"):
+        GemmConfig(128, 128, 3, reduce_out=True, **fields)
+    with pytest.raises(ValueError, match="reduce_out"):
+        GemmConfig(32, 128, 3, reduce_out=True, out_dtype="float32", b_scales="row")

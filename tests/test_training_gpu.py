@@ -269,3 +269,44 @@ def test_wgrad_in_a_cuda_graph(torch):
         for g in (0, 2):
             assert _acc_error(torch, kout[g], kold[g], reference_wgrad(torch, qa[g], qb[g])) < 1e-3
         assert torch.equal(kout[1], kold[1])
+
+
+# ---- the reduce-add epilogue (reduce_out): out += D by a TMA reduce-add, no C load -----------
+def _reduce_configs(kind="dense", groups=0):
+    import dataclasses
+    from fp8gemm.config import variant_configs
+    out = []
+    for c in variant_configs("wgrad", 5 * 128, kind, groups)[::2]:
+        out.append(dataclasses.replace(c, stages=min(c.stages, 4), with_c=False, reduce_out=True))
+    return out
+
+
+@pytest.mark.parametrize("cfg", _reduce_configs(), ids=lambda c: c.name)
+def test_wgrad_reduce_out_is_bit_identical_to_the_c_load(torch, cfg):
+    """out + D in L2 is the same single FP32 add the C-loading epilogue does: same bits, tails,
+    padding and the row stride included."""
+    import dataclasses
+    import fp8gemm
+    m, n, k = 2 * cfg.block_m + 24, 3 * cfg.block_n + 8, 5 * 128 + 48
+    lhs, rhs = _wgrad_inputs(torch, m, n, k, seed=cfg.block_n)
+    buf = _randn(torch, (m, n + 24), seed=2, scale=30.0)
+    out_load, out_red = buf.clone(), buf.clone()
+    load = dataclasses.replace(cfg, reduce_out=False, with_c=True)
+    fp8gemm.wgrad_gemm_fp8_fp8_fp32_nt(lhs, rhs, out_load[:, :n], config=load)
+    fp8gemm.wgrad_gemm_fp8_fp8_fp32_nt(lhs, rhs, out_red[:, :n], config=cfg)
+    torch.cuda.synchronize()
+    assert torch.equal(out_red.view(torch.int32), out_load.view(torch.int32)), cfg.name
+    assert torch.equal(out_red[:, n:], buf[:, n:]), "wrote into the row padding"
+    assert _acc_error(torch, out_red[:, :n], buf[:, :n], reference_wgrad(torch, lhs, rhs)) < 1e-3
+
+
+def test_k_grouped_reduce_out(torch):
+    import dataclasses
+    for cfg in _reduce_configs("k_grouped", 4)[::2]:
+        ks = [5 * 128 + 48, 0, 256, 16]
+        m, n = 2 * cfg.block_m + 8, 3 * cfg.block_n + 8
+        out, _ = _k_grouped_check(torch, m, n, ks, seed=cfg.block_n, config=cfg)
+        ref = _randn(torch, (len(ks), m, n), seed=cfg.block_n + 7, scale=20.0)   # _k_grouped_check's fill
+        load = dataclasses.replace(cfg, reduce_out=False, with_c=True)
+        _k_grouped_check(torch, m, n, ks, seed=cfg.block_n, out=ref, config=load)
+        assert torch.equal(out.view(torch.int32), ref.view(torch.int32)), cfg.name

@@ -24,6 +24,9 @@ def main(argv=None) -> int:
     p.add_argument("--multicast", default="off", help="cluster modes to try: off,a,b")
     p.add_argument("--variant", default="bf16",
                    help="output variant (fp8gemm.config.VARIANTS): bf16, bf16_c, fp32, fp32_c, wgrad")
+    p.add_argument("--reduce-out", choices=("off", "only", "both"), default="off",
+                   help="wgrad: the reduce-add epilogue (out += D by TMA, no C load) instead of or beside "
+                        "the C-loading one, per tile")
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--json", help="write the table here")
     args = p.parse_args(argv)
@@ -49,16 +52,20 @@ def main(argv=None) -> int:
         fns["heuristic:" + heur.config.name] = lambda p=heur: p.launch(*ptrs, stream)
         for tile in args.tiles.split(","):
             bm, bn, *st = (int(x) for x in tile.split("x"))
-            stages = st[0] if st else max_stages(bm, bn, k, **fields)
-            for mc in args.multicast.split(","):
-                try:
-                    cfg = GemmConfig(bm, bn, stages, cluster=1 if mc == "off" else 2,
-                                     multicast_on_a=mc != "b", **fields)
-                except ValueError as e:
-                    print(f"skip {tile} {mc}: {e}")
-                    continue
-                plan = fp8gemm.plan_gemm(m, n, k, config=cfg, **strides)
-                fns[cfg.name] = lambda p=plan: p.launch(*ptrs, stream)
+            epilogues = {"off": [{}], "only": [dict(with_c=False, reduce_out=True)],
+                         "both": [{}, dict(with_c=False, reduce_out=True)]}[args.reduce_out]
+            for extra in epilogues:
+                f = dict(fields, **extra)
+                stages = st[0] if st else max_stages(bm, bn, k, **f)
+                for mc in args.multicast.split(","):
+                    try:
+                        cfg = GemmConfig(bm, bn, stages, cluster=1 if mc == "off" else 2,
+                                         multicast_on_a=mc != "b", **f)
+                    except ValueError as e:
+                        print(f"skip {tile} {mc}: {e}")
+                        continue
+                    plan = fp8gemm.plan_gemm(m, n, k, config=cfg, **strides)
+                    fns[cfg.name] = lambda p=plan: p.launch(*ptrs, stream)
         times = timed_variants(fns, rounds=args.rounds)
         best = min(times.values())
         for name, t in sorted(times.items(), key=lambda x: x[1]):

@@ -89,6 +89,9 @@ PY
       $E --variant wgrad --shapes 16384x7168x4096,2048x7168x8192,7168x4096x8192,7168x2112x4096 \
         --tiles 64x96,64x128,64x160,128x96,128x104,128x112,128x128,128x144,128x160 \
         --json "$W/explore-wgrad.json" > "$W/explore-wgrad.log" 2>&1; say "explore wgrad rc=$?"
+      $E --variant wgrad --reduce-out both --shapes 16384x7168x4096,2048x7168x8192,7168x4096x8192,7168x2112x4096 \
+        --tiles 128x112,128x152,128x160 --json "$W/explore-wgrad-reduce.json" >> "$W/explore-wgrad.log" 2>&1
+      say "explore wgrad reduce-add rc=$?"
       for v in bf16 fp32 fp32_c wgrad; do
         $E --variant $v --shapes 16384x7168x4096 --tiles 128x128,128x104 --json "$W/explore-variant-$v.json" \
           >> "$W/explore-wgrad.log" 2>&1; say "explore $v rc=$?"

@@ -16,6 +16,7 @@ DEBUG_CODES = {"full": 1, "empty": 2, "c": 3}
 
 TMA_LOAD = "cp.async.bulk.tensor.{rank}d.shared::cluster.global.tile.mbarrier::complete_tx::bytes"
 TMA_STORE = "cp.async.bulk.tensor.{rank}d.global.shared::cta.bulk_group"
+TMA_REDUCE_ADD = "cp.reduce.async.bulk.tensor.{rank}d.global.shared::cta.add.tile.bulk_group"
 
 
 # ---- mbarriers -----------------------------------------------------------------------------
@@ -102,8 +103,11 @@ def tma_load(k: Kernel, tmap: str, dst: str, coords: Sequence[str], bar: str, *,
         k(f"{guard}{op} [{dst}], [{tmap}, {{{co}}}], [{bar}]", comment)
 
 
-def tma_store(k: Kernel, tmap: str, src: str, coords: Sequence[str]) -> None:
-    k(f"{TMA_STORE.format(rank=len(coords))} [{tmap}, {{{', '.join(coords)}}}], [{src}]")
+def tma_store(k: Kernel, tmap: str, src: str, coords: Sequence[str], reduce_add: bool = False) -> None:
+    """Store a shared-memory box by TMA; ``reduce_add``: add it onto global memory instead
+    (element-wise in L2, the box's bounds clipped like a store's)."""
+    op = TMA_REDUCE_ADD if reduce_add else TMA_STORE
+    k(f"{op.format(rank=len(coords))} [{tmap}, {{{', '.join(coords)}}}], [{src}]")
 
 
 # ---- WGMMA and stmatrix ------------------------------------------------------------------------

@@ -552,7 +552,8 @@ class GemmGen:
             k.stage("EPILOGUE: bf16 -> stmatrix into the swizzled D tile -> TMA store"
                     + (" (C added from the tile first)" if c.with_c else ""))
         else:
-            k.stage("EPILOGUE: fp32 pairs into the swizzled D tile -> TMA store"
+            k.stage("EPILOGUE: fp32 pairs into the swizzled D tile -> TMA "
+                    + ("reduce-add onto out (D += A.B in L2; no C is loaded)" if c.reduce_out else "store")
                     + (" (C added from the tile first)" if c.with_c else ""))
         if c.with_c:
             k.comment("wait for the tile of C: it sits where D goes, and its load was issued only after "
@@ -575,7 +576,7 @@ class GemmGen:
         k(f"bar.sync 1, {math_threads}")
         k("@!%p_storer bra.uni L_store_done")
         src, n0 = self._atom_of_thread(tile)
-        emit.tma_store(k, "%tmap_d", src, self.sched.d_coords(tile, n0))
+        emit.tma_store(k, "%tmap_d", src, self.sched.d_coords(tile, n0), reduce_add=c.reduce_out)
         k("cp.async.bulk.commit_group")
         k.label("L_store_done")
 
