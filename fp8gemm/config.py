@@ -95,8 +95,8 @@ class GemmConfig:
             raise ValueError("an FP32 output tile has at most 128 rows (its shared-memory tile doubles)")
         if self.kind == "k_grouped":
             if not (self.out_dtype == "float32" and (self.with_c or self.reduce_out) and self.b_scales == "row"):
-                raise ValueError("the k_grouped layout accumulates FP32 (out_dtype float32, with_c) with "
-                                 "per-row B scales")
+                raise ValueError("the k_grouped layout accumulates FP32 (out_dtype float32, with_c or reduce_out) "
+                                 "with per-row B scales")
             if not (isinstance(self.groups, int) and 1 <= self.groups <= MAX_K_GROUPS):
                 raise ValueError(f"groups must be in [1, {MAX_K_GROUPS}] for the k_grouped layout, got {self.groups!r}")
         elif self.groups:

@@ -255,7 +255,7 @@ def k_grouped_wgrad_gemm_fp8_fp8_fp32_nt(lhs: tuple, rhs: tuple, out: Any, batch
     for g0 in range(0, groups, MAX_K_GROUPS):
         chunk = ks[g0:g0 + MAX_K_GROUPS]
         g = len(chunk)
-        forced = None if config is None else dataclasses.replace(config, groups=g)
+        forced = config if config is None or config.groups == g else dataclasses.replace(config, groups=g)
         key = (m, n, g, sfa_stride, sfb_stride, d.strides[1], d.strides[0], device, forced)
         plan = _plans.get(key)
         if plan is None:

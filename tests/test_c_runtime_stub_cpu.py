@@ -22,10 +22,12 @@ STUB = r"""
 #include <string.h>
 #define MARK 0x5eed5eed5eedULL
 static int encodes, replaces, launches;
-static __thread uint64_t last[8];
+static __thread uint64_t last[8], scalars, grid;
 static __thread int nlast;
 int stub_counts(int *e, int *r, int *l) { *e = encodes; *r = replaces; *l = launches; return 0; }
 int stub_last(uint64_t *out) { memcpy(out, last, sizeof last); return nlast; }
+/* the launch's grid and a checksum of its other (value) parameters' low 32 bits */
+int stub_rest(uint64_t *g, uint64_t *sum) { *g = grid; *sum = scalars; return 0; }
 CUresult cuGetErrorName(CUresult r, const char **s) { (void)r; *s = "STUB"; return CUDA_SUCCESS; }
 CUresult cuCtxGetDevice(CUdevice *d) { *d = 0; return CUDA_SUCCESS; }
 CUresult cuDeviceGetAttribute(int *v, CUdevice_attribute a, CUdevice d) { (void)a; (void)d; *v = 132; return CUDA_SUCCESS; }
@@ -52,12 +54,16 @@ CUresult cuTensorMapReplaceAddress(CUtensorMap *m, void *addr) {
 }
 CUresult cuLaunchKernelEx(const CUlaunchConfig *c, CUfunction f, void **params, void **extra) {
     int i, count = atoi(getenv("STUB_NPARAMS"));        /* the kernel's parameters, from its spec */
-    (void)c; (void)f; (void)extra;
+    (void)f; (void)extra;
     nlast = 0;
+    scalars = 0;
+    grid = c->gridDimX;
     for (i = 0; i < count && nlast < 8; i++) {
         const uint64_t *w = (const uint64_t *)params[i];
         if (((uintptr_t)w % 8) == 0 && w[15] == MARK)
             last[nlast++] = w[0];
+        else
+            scalars = scalars * 1000003 + *(const uint32_t *)params[i];
     }
     __sync_fetch_and_add(&launches, 1);
     return CUDA_SUCCESS;
@@ -73,8 +79,10 @@ PROBE = r"""
 #include "fp8gemm_rt.h"
 typedef int (*counts_fn)(int *, int *, int *);
 typedef int (*last_fn)(uint64_t *);
+typedef int (*rest_fn)(uint64_t *, uint64_t *);
 static fp8gemm_bundle *bundle;
 static last_fn stub_last;
+static rest_fn stub_rest;
 #define M 200
 #define N 512
 #define K 256
@@ -88,13 +96,14 @@ static int gemm(int64_t m, CUdeviceptr base, CUdeviceptr out) {
 }
 static void step(const char *name, counts_fn counts) {
     int e, r, l, i, n;
-    uint64_t a[8];
+    uint64_t a[8], grid, sum;
     counts(&e, &r, &l);
     n = stub_last(a);
+    stub_rest(&grid, &sum);
     printf("%s %d %d %d", name, e, r, l);
     for (i = 0; i < n; i++)
         printf(" %llx", (unsigned long long)a[i]);
-    printf("\n");
+    printf("\nrest_%s %llu %llu\n", name, (unsigned long long)grid, (unsigned long long)sum);
 }
 static void *worker(void *arg) {
     long t = (long)arg, bad = 0;
@@ -122,6 +131,7 @@ int main(int argc, char **argv) {
     if (!h) { printf("NOSTUB %s\n", dlerror()); return 1; }
     counts = (counts_fn)dlsym(h, "stub_counts");
     stub_last = (last_fn)dlsym(h, "stub_last");
+    stub_rest = (rest_fn)dlsym(h, "stub_rest");
     if (fp8gemm_bundle_load(argv[1], &bundle, &st)) { printf("LOAD %s\n", st.message); return 1; }
     (void)argc;
     gemm(M, 0x1000000, 0x1400000); step("first", counts);
@@ -204,3 +214,11 @@ def test_another_shape_encodes_afresh_and_the_old_entry_stays(probe):
 
 def test_threads_each_launch_with_their_own_addresses(probe):
     assert probe["threads"] == ["0"]
+
+
+def test_a_cached_launch_passes_the_same_grid_and_values(probe):
+    """The grid and the size-expression parameters come from the cache on a repeat: the same as
+    when they were evaluated; another M gives other values."""
+    assert probe["rest_again"] == probe["rest_first"] == probe["rest_out_moved"] == probe["rest_back"]
+    assert probe["rest_new_m"][1] != probe["rest_first"][1]
+    assert int(probe["rest_first"][0]) >= 1

@@ -460,17 +460,25 @@ typedef struct {
     const jv *value;   /* a value's expression (u32, or u64 without an array) */
 } param;
 
-/* Tensor maps a kernel was launched with, by problem values: a call whose values (shape,
- * strides, block) match a slot's copies its maps, replacing the address of any array that moved,
- * instead of evaluating the size expressions and encoding every map again. Slots are reused
- * round-robin; the lock guards only the look-up and the fill, never a driver call. Allocated at
- * load, so calls allocate nothing. */
+/* one kernel parameter as passed to the launch */
+typedef union {
+    CUtensorMap map;
+    uint64_t u64;
+    uint32_t u32;
+} param_value;
+
+/* What a kernel was launched with, by problem values: a call whose values (shape, strides,
+ * block) match a slot's copies its parameters and grid, replacing the address of any tensor
+ * map whose array moved, instead of evaluating the size expressions and encoding every map
+ * again. Slots are reused round-robin; the lock guards only the look-up and the fill, never a
+ * driver call. Allocated at load, so calls allocate nothing. */
 #define MAP_CACHE_SLOTS 8
 typedef struct {
     int used;
     int64_t vals[V_COUNT];
     CUdeviceptr ptrs[MAX_PARAMS];   /* the address each map holds */
-    CUtensorMap maps[MAX_PARAMS];
+    param_value params[MAX_PARAMS];
+    unsigned grid[3];
 } map_cache_slot;
 
 typedef struct {
@@ -869,27 +877,26 @@ static map_cache_slot *cache_find(map_cache *c, const int64_t *vals) {
     return NULL;
 }
 
-/* the cached maps of `vals` into the parameter storage and `held` (their addresses); 1 on a hit */
-static int cache_get(const kernel *kr, const int64_t *vals, CUtensorMap *maps[], CUdeviceptr held[]) {
+/* the cached parameters and grid of `vals` (and the addresses its maps hold); 1 on a hit */
+static int cache_get(const kernel *kr, const int64_t *vals, param_value *params, CUdeviceptr held[],
+                     unsigned grid[3]) {
     map_cache_slot *sl;
-    int i;
     pthread_mutex_lock(&kr->cache->lock);
     sl = cache_find(kr->cache, vals);
-    if (sl)
-        for (i = 0; i < kr->nparams; i++)
-            if (maps[i]) {
-                memcpy(maps[i], &sl->maps[i], sizeof(CUtensorMap));
-                held[i] = sl->ptrs[i];
-            }
+    if (sl) {
+        memcpy(params, sl->params, (size_t)kr->nparams * sizeof *params);
+        memcpy(held, sl->ptrs, (size_t)kr->nparams * sizeof *held);
+        memcpy(grid, sl->grid, sizeof sl->grid);
+    }
     pthread_mutex_unlock(&kr->cache->lock);
     return sl != NULL;
 }
 
-/* remember the maps of `vals` (the slot already holding them, else the next one round-robin) */
-static void cache_put(const kernel *kr, const int64_t *vals, CUtensorMap *maps[], const CUdeviceptr ptrs[]) {
+/* remember the parameters and grid of `vals` (the slot already holding them, else the next one) */
+static void cache_put(const kernel *kr, const int64_t *vals, const param_value *params, const CUdeviceptr ptrs[],
+                      const unsigned grid[3]) {
     map_cache *c = kr->cache;
     map_cache_slot *sl;
-    int i;
     pthread_mutex_lock(&c->lock);
     if (!(sl = cache_find(c, vals))) {
         sl = &c->slots[c->next];
@@ -897,25 +904,18 @@ static void cache_put(const kernel *kr, const int64_t *vals, CUtensorMap *maps[]
         memcpy(sl->vals, vals, sizeof sl->vals);
         sl->used = 1;
     }
-    for (i = 0; i < kr->nparams; i++)
-        if (maps[i]) {
-            memcpy(&sl->maps[i], maps[i], sizeof(CUtensorMap));
-            sl->ptrs[i] = ptrs[i];
-        }
+    memcpy(sl->params, params, (size_t)kr->nparams * sizeof *params);
+    memcpy(sl->ptrs, ptrs, (size_t)kr->nparams * sizeof *ptrs);
+    memcpy(sl->grid, grid, sizeof sl->grid);
     pthread_mutex_unlock(&c->lock);
 }
 
 static int launch(const fp8gemm_bundle *b, const kernel *kr, int64_t *vals, const CUdeviceptr *arrays,
                   CUstream stream, fp8gemm_status *st) {
-    /* per-call parameter storage on the stack: threads never share it */
-    union {
-        CUtensorMap map;
-        uint64_t u64;
-        uint32_t u32;
-    } storage[MAX_PARAMS];
+    param_value storage[MAX_PARAMS];        /* per call, on the stack: threads never share it */
     void *ptrs[MAX_PARAMS];
-    CUtensorMap *maps[MAX_PARAMS];          /* the map parameters' storage, NULL for the others */
     CUdeviceptr held[MAX_PARAMS], want[MAX_PARAMS];
+    unsigned grid[3];
     CUlaunchConfig cfg;
     CUlaunchAttribute attr;
     int64_t units, clusters, v;
@@ -924,13 +924,12 @@ static int launch(const fp8gemm_bundle *b, const kernel *kr, int64_t *vals, cons
     vals[V_BLOCK_M] = kr->block_m;
     vals[V_BLOCK_N] = kr->block_n;
     for (i = 0; i < kr->nparams; i++) {
-        maps[i] = kr->params[i].type == 0 ? &storage[i].map : NULL;
-        want[i] = held[i] = maps[i] ? arrays[kr->params[i].array] : 0;
+        ptrs[i] = &storage[i];
+        want[i] = held[i] = kr->params[i].type == 0 ? arrays[kr->params[i].array] : 0;
     }
-    hit = cache_get(kr, vals, maps, held);
+    hit = cache_get(kr, vals, storage, held, grid);
     for (i = 0; i < kr->nparams; i++) {
         const param *p = &kr->params[i];
-        ptrs[i] = &storage[i];
         if (p->type == 0) {
             if (hit && held[i] == want[i])
                 continue;                       /* the cached map, as it is */
@@ -943,43 +942,43 @@ static int launch(const fp8gemm_bundle *b, const kernel *kr, int64_t *vals, cons
             }
             moved = 1;
         } else if (p->type == 1 && p->array >= 0) {
-            storage[i].u64 = p->array == A_DEBUG ? 0 : (uint64_t)arrays[p->array];
-        } else if (p->type == 1) {
+            storage[i].u64 = p->array == A_DEBUG ? 0 : (uint64_t)arrays[p->array];   /* every call */
+        } else if (!hit) {                      /* a size expression: cached with the values */
             if ((rc = eval_item(p->value, vals, &v, st)) != FP8GEMM_OK)
                 return rc;
-            storage[i].u64 = (uint64_t)v;
-        } else {
-            if ((rc = eval_item(p->value, vals, &v, st)) != FP8GEMM_OK)
-                return rc;
-            storage[i].u32 = (uint32_t)v;
+            if (p->type == 1)
+                storage[i].u64 = (uint64_t)v;
+            else
+                storage[i].u32 = (uint32_t)v;
         }
     }
-    if (moved)
-        cache_put(kr, vals, maps, want);
+    if (!hit) {
+        if (kr->grid_dims) {
+            int64_t g;
+            for (i = 0; i < 3; i++) {
+                if ((rc = eval_item(&kr->grid_dims->items[i], vals, &g, st)) != FP8GEMM_OK)
+                    return rc;
+                grid[i] = (unsigned)(g < 1 ? 1 : g);
+            }
+        } else {
+            if ((rc = eval_item(kr->units, vals, &units, st)) != FP8GEMM_OK)
+                return rc;
+            clusters = b->num_sms / kr->cluster;
+            if (units < clusters)
+                clusters = units;
+            if (kr->max_clusters > 0 && clusters > kr->max_clusters)
+                clusters = kr->max_clusters;
+            if (clusters < 1)
+                clusters = 1;
+            grid[0] = (unsigned)(clusters * kr->cluster);
+            grid[1] = grid[2] = 1;
+        }
+    }
+    if (!hit || moved)
+        cache_put(kr, vals, storage, want, grid);
     memset(&cfg, 0, sizeof cfg);
     memset(&attr, 0, sizeof attr);
-    if (kr->grid_dims) {
-        int64_t g[3];
-        for (i = 0; i < 3; i++) {
-            if ((rc = eval_item(&kr->grid_dims->items[i], vals, &g[i], st)) != FP8GEMM_OK)
-                return rc;
-            if (g[i] < 1)
-                g[i] = 1;
-        }
-        cfg.gridDimX = (unsigned)g[0], cfg.gridDimY = (unsigned)g[1], cfg.gridDimZ = (unsigned)g[2];
-    } else {
-        if ((rc = eval_item(kr->units, vals, &units, st)) != FP8GEMM_OK)
-            return rc;
-        clusters = b->num_sms / kr->cluster;
-        if (units < clusters)
-            clusters = units;
-        if (kr->max_clusters > 0 && clusters > kr->max_clusters)
-            clusters = kr->max_clusters;
-        if (clusters < 1)
-            clusters = 1;
-        cfg.gridDimX = (unsigned)(clusters * kr->cluster);
-        cfg.gridDimY = cfg.gridDimZ = 1;
-    }
+    cfg.gridDimX = grid[0], cfg.gridDimY = grid[1], cfg.gridDimZ = grid[2];
     cfg.blockDimX = (unsigned)kr->threads;
     cfg.blockDimY = cfg.blockDimZ = 1;
     cfg.sharedMemBytes = (unsigned)kr->smem;
