@@ -162,15 +162,28 @@ class GemmConfig:
 
     @property
     def d_swizzle(self) -> int:
-        """TMA swizzle of the output tile: the widest of 128/64/32 B dividing a row."""
+        """TMA swizzle of the output tile: the widest of 128/64/32 B dividing a row; none for
+        the reduce-add epilogue's FP32 rows of BN = 8 (mod 16) columns, whose pitch (an odd
+        multiple of 32 bytes) already spreads a warp's fragment writes over all 32 banks, so
+        that one TMA op moves a warpgroup's whole slab instead of BN / 8 boxes of 32 B rows."""
+        if self.reduce_out and self.block_n % 16 == 8:
+            return 0
         for s in (128, 64, 32):
             if (self.block_n * self.out_bytes) % s == 0:
                 return s
         return 0
 
     @property
+    def d_store_rows(self) -> int:
+        """Rows of one D store box: the whole tile, or with the reduce-add epilogue one
+        warpgroup's 64-row slab (each math warpgroup stores its own rows as soon as they are
+        in shared memory, synchronising only its own 128 threads)."""
+        return WGMMA_M if self.reduce_out else self.block_m
+
+    @property
     def d_store_threads(self) -> int:
-        """Threads that each TMA-store one swizzle atom (BM rows x swizzle bytes) of the tile."""
+        """Threads (per storing group: the tile, or each warpgroup with ``d_store_rows`` 64)
+        that each TMA-store one swizzle atom (``d_store_rows`` rows x swizzle bytes)."""
         swz = self.d_swizzle
         return self.block_n * self.out_bytes // swz if swz else 1
 

@@ -58,6 +58,8 @@ def variants():
     # the reduce-add epilogue (out += D by TMA in L2, no C load)
     wr = dataclasses.replace(wg, with_c=False, reduce_out=True)
     out.append((wr.name, lambda: _wgrad(wr)))
+    wu = GemmConfig(128, 152, 4, **dict(variant_fields("wgrad"), with_c=False, reduce_out=True))
+    out.append((wu.name, lambda: _wgrad(wu)))       # BN = 8 (mod 16): unswizzled slabs
     kr = dataclasses.replace(kg, with_c=False, reduce_out=True)
     out.append((kr.name, lambda: _k_grouped(kr)))
     out.append(("fp8gemm_per_token_cast", lambda: _cast("token")))     # kernels fp8gemm_per_*_cast_<src>

@@ -257,7 +257,8 @@ def test_k_grouped_forced_config_is_checked_before_any_launch():
         f(lhs, rhs, d, ks, config="64x112")
 
 
-@pytest.mark.parametrize("kind,bn", [("dense", 160), ("dense", 128), ("dense", 104), ("k_grouped", 152)])
+@pytest.mark.parametrize("kind,bn", [("dense", 160), ("dense", 128), ("dense", 104), ("dense", 152),
+                                     ("k_grouped", 152)])
 def test_reduce_out_kernels(kind, bn):
     """The reduce-add epilogue: one cp.reduce.async.bulk.tensor store, no C map, load or barrier;
     compiles without spills; a wgrad config for the host (the wgrad and k-grouped calls)."""
@@ -275,6 +276,13 @@ def test_reduce_out_kernels(kind, bn):
     assert res.spill_stores == 0 and res.spill_loads == 0
     load = GemmConfig(128, bn, 3, **variant_fields("wgrad", kind, 4 if kind == "k_grouped" else 0))
     assert cfg.smem_bytes <= load.smem_bytes
+    # each math warpgroup stores its own 64-row slab, synchronising only itself (named barrier
+    # 2 + wg), and BN = 8 (mod 16) rows go unswizzled in one box per slab
+    d = template.spec(cfg).tensor_map("tmap_d")
+    assert cfg.d_store_rows == 64 and d.box[1] == "min(64, m)"
+    assert (d.swizzle == 0 and d.box[0] == bn) if bn % 16 == 8 else (d.swizzle > 0 and d.box[0] == d.swizzle // 4)
+    assert "bar.sync %store_bar, 128" in ptx and f"bar.sync 1, 256" not in ptx.split("EPILOGUE")[1]
+    assert d.box == template.spec(load).tensor_map("tmap_d").box[:1] + ("min(64, m)",) + d.box[2:] or bn % 16 == 8
 
 
 @pytest.mark.parametrize("fields", [dict(out_dtype="bfloat16", b_scales="row"), dict(out_dtype="float32"),

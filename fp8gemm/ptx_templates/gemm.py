@@ -256,7 +256,16 @@ class GemmGen:
         k("setp.eq.u32 %p_lane0, %lane, 0")
         store_threads = c.d_store_threads
         k.reg("pred", "p_storer")
-        k(f"setp.lt.u32 %p_storer, %thread, {store_threads}")
+        if self.wg_stores:
+            k.comment("each warpgroup stores its own slab: its first threads store, and its stores "
+                      "synchronise on named barrier 2 + wg")
+            k.reg("u32", "thread_in_wg")
+            k("and.b32 %thread_in_wg, %thread, 127")
+            k(f"setp.lt.u32 %p_storer, %thread_in_wg, {store_threads}")
+            k.reg("u32", "store_bar")
+            k("add.u32 %store_bar, %wg, 2")
+        else:
+            k(f"setp.lt.u32 %p_storer, %thread, {store_threads}")
         math_threads = 128 * c.math_warpgroups
         k.reg("u32", "stage")
         k.reg("u32", "phase")
@@ -534,10 +543,37 @@ class GemmGen:
                       comment="C atom -> D tile")
         k.label("L_c_issued")
 
+    @property
+    def wg_stores(self) -> bool:
+        """Each math warpgroup stores its own 64-row slab of D (``GemmConfig.d_store_rows``)."""
+        return self.c.d_store_rows < self.c.block_m
+
+    def _store_box(self, tile) -> tuple[str, list[str]]:
+        """(shared address, global coordinates) of the D box this storing thread moves."""
+        src, n0 = self._atom_of_thread(tile)
+        coords = self.sched.d_coords(tile, n0)
+        if self.wg_stores:
+            k = self.k
+            row = k.tmp("u32", "slab_g_row")
+            k(f"add.u32 {row}, {coords[1]}, %slab_row_0", "this warpgroup's slab of the tile")
+            coords = [coords[0], row, *coords[2:]]
+        return src, coords
+
     def _atom_of_thread(self, tile) -> tuple[str, str]:
-        """(shared address, first column) of the output atom this storing thread moves."""
+        """(shared address, first column) of the output atom this storing thread moves (with
+        warpgroup stores: of its warpgroup's slab)."""
         c, k = self.c, self.k
         swz = c.d_swizzle
+        if self.wg_stores:
+            base = k.tmp("u32", "dslab")
+            k(f"mad.lo.u32 {base}, %slab_row_0, {swz or c.block_n * c.out_bytes}, %smem_d",
+              "the slab's first row (in every atom)")
+            if not swz:
+                return base, tile.n0
+            src, n0 = k.tmp("u32", "dsrc"), k.tmp("u32", "dn0")
+            k(f"mad.lo.u32 {src}, %thread_in_wg, {c.block_m * swz}, {base}", "this thread stores one swizzle atom")
+            k(f"mad.lo.u32 {n0}, %thread_in_wg, {swz // c.out_bytes}, {tile.n0}")
+            return src, n0
         if not swz:
             return "%smem_d", tile.n0
         src, n0 = k.tmp("u32", "dsrc"), k.tmp("u32", "dn0")
@@ -552,7 +588,8 @@ class GemmGen:
             k.stage("EPILOGUE: bf16 -> stmatrix into the swizzled D tile -> TMA store"
                     + (" (C added from the tile first)" if c.with_c else ""))
         else:
-            k.stage("EPILOGUE: fp32 pairs into the swizzled D tile -> TMA "
+            k.stage(f"EPILOGUE: fp32 pairs into the {'swizzled ' if swz else ''}D tile -> "
+                    + ("each warpgroup's slab by its own " if self.wg_stores else "") + "TMA "
                     + ("reduce-add onto out (D += A.B in L2; no C is loaded)" if c.reduce_out else "store")
                     + (" (C added from the tile first)" if c.with_c else ""))
         if c.with_c:
@@ -560,6 +597,10 @@ class GemmGen:
                       "the previous tile's stores had read the D tile")
             emit.wait(k, "%c_full", "%c_phase", "c", "0", c.debug)
             k("xor.b32 %c_phase, %c_phase, 1")
+        elif self.wg_stores:
+            k.comment("the previous tile's stores of this warpgroup's slab must have read it")
+            k("@%p_storer cp.async.bulk.wait_group.read 0")
+            k("bar.sync %store_bar, 128")
         else:
             k.comment("the previous tile's stores must have finished reading the D tile")
             k("@%p_storer cp.async.bulk.wait_group.read 0")
@@ -573,10 +614,10 @@ class GemmGen:
         if c.valid_warps < 4:
             k.label("L_stmatrix_done")
         k("fence.proxy.async.shared::cta", "make the D tile visible to the TMA engine")
-        k(f"bar.sync 1, {math_threads}")
+        k("bar.sync %store_bar, 128" if self.wg_stores else f"bar.sync 1, {math_threads}")
         k("@!%p_storer bra.uni L_store_done")
-        src, n0 = self._atom_of_thread(tile)
-        emit.tma_store(k, "%tmap_d", src, self.sched.d_coords(tile, n0), reduce_add=c.reduce_out)
+        src, coords = self._store_box(tile)
+        emit.tma_store(k, "%tmap_d", src, coords, reduce_add=c.reduce_out)
         k("cp.async.bulk.commit_group")
         k.label("L_store_done")
 

@@ -138,17 +138,19 @@ class Scheduler:
                          (c.block_n, 1), 0, c.block_n * 4)
 
     def out_map(self, param: str, array: str, stride: str) -> TensorMap:
-        """D (or C, which has D's layout): boxes of one swizzle atom, at most M rows (a box taller
-        than the array would not clip small-M stores)."""
+        """D (or C, which has D's layout): boxes of one swizzle atom (the whole row without a
+        swizzle) by ``d_store_rows`` rows, at most M (a box taller than the array would not
+        clip small-M stores)."""
         c = self.c
         swz, elt = c.d_swizzle, c.out_bytes
         box_n = swz // elt if swz else c.block_n
+        rows = "min(block_m, m)" if c.d_store_rows == c.block_m else f"min({c.d_store_rows}, m)"
         if self.a_is_grouped or self.out_is_grouped:
             return TensorMap(param, array, c.out_dtype, ("n", "m", "groups"),
                              (f"{stride}_stride * {elt}", f"{stride}_group_stride * {elt}"),
-                             (box_n, "min(block_m, m)", 1), swz)
+                             (box_n, rows, 1), swz)
         return TensorMap(param, array, c.out_dtype, ("n", "m"), (f"{stride}_stride * {elt}",),
-                         (box_n, "min(block_m, m)"), swz)
+                         (box_n, rows), swz)
 
     out_is_grouped = False   # D is [G, M, N] while A is not (k_grouped)
 
