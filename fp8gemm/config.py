@@ -366,13 +366,13 @@ ROW_SCALE_K_BLOCK_CYCLES = 400
 
 def _select_variant(m: int, n: int, k: int, groups: int, kind: str, num_sms: int,
                     variant: str) -> tuple[GemmConfig, int]:
-    fields = variant_fields(variant, kind, groups if kind == "k_grouped" else 0)
+    fields = heuristic_fields(variant, kind, groups if kind == "k_grouped" else 0)
     row = fields.get("b_scales") == "row"
     elt = 4 if fields.get("out_dtype") == "float32" else 2
-    epilogue_bytes = elt * (2 if fields.get("with_c") else 1)
+    epilogue_bytes = elt * (2 if fields.get("with_c") or fields.get("reduce_out") else 1)
     best = None
     for bm, max_bn in TRAINING_MAX_BLOCK_N[variant].items():
-        for bn in ROW_SCALE_BLOCK_NS if row else BLOCK_NS:
+        for bn in variant_block_ns(fields):
             if bn > max_bn:
                 continue
             stages = max_stages(bm, bn, k, **fields)
@@ -453,6 +453,29 @@ TRAINING_MAX_BLOCK_N = {"bf16_c": {64: 192, 128: 160, 256: 128}, "fp32": {64: 19
 K_GROUPED_DEFAULT_GROUPS = 4
 
 
+# The weight-gradient kernels the heuristic picks: out += D by a TMA reduce-add in L2 (no C
+# load), each warpgroup storing its own slab, on tiles of BN = 8 (mod 16) whose FP32 rows need
+# no swizzle (GemmConfig.d_swizzle). Forced on the H100 (explore-wgrad, 2026-12-07): 128x152
+# this way beat the C-loading 128x152/128x160 picks by 6-11 % on all four shapes, while a
+# swizzled reduce-add tile (128x112, 64-byte atoms) lost 9-12 % to its C-loading twin.
+WGRAD_HEURISTIC_FIELDS = dict(with_c=False, reduce_out=True)
+
+
+def heuristic_fields(variant: str, kind: str = "dense", groups: int = 0) -> dict:
+    """GemmConfig keyword arguments of the configs the heuristic picks for a variant: the
+    variant's (``variant_fields``), with wgrad's epilogue as a reduce-add."""
+    fields = variant_fields(variant, kind, groups)
+    return fields | WGRAD_HEURISTIC_FIELDS if variant == "wgrad" else fields
+
+
+def variant_block_ns(fields: dict) -> tuple[int, ...]:
+    """Block N candidates for configs of these fields: per-row B scales allow any multiple of
+    8; a reduce-add tile takes BN = 16 or BN = 8 (mod 16) (unswizzled, bank-conflict-free rows)."""
+    if fields.get("reduce_out"):
+        return tuple(bn for bn in ROW_SCALE_BLOCK_NS if bn == 16 or bn % 16 == 8)
+    return ROW_SCALE_BLOCK_NS if fields.get("b_scales") == "row" else BLOCK_NS
+
+
 def variant_fields(variant: str, kind: str = "dense", groups: int = 0) -> dict:
     """GemmConfig keyword arguments of an output variant (k_grouped: with its group count)."""
     if variant not in VARIANTS:
@@ -477,11 +500,10 @@ def variant_of(cfg: GemmConfig) -> str:
 def variant_configs(variant: str, k: int = 1 << 14, kind: str = "dense", groups: int = 0) -> list[GemmConfig]:
     """Every config the heuristic can return for a training variant (no cluster, BM <= 128 for
     FP32 out, BN up to the variant's register limit)."""
-    fields = variant_fields(variant, kind, groups)
-    row = fields.get("b_scales") == "row"
+    fields = heuristic_fields(variant, kind, groups)
     out = []
     for bm, max_bn in TRAINING_MAX_BLOCK_N[variant].items():
-        for bn in ROW_SCALE_BLOCK_NS if row else BLOCK_NS:
+        for bn in variant_block_ns(fields):
             if bn <= max_bn:
                 s = max_stages(bm, bn, k, **fields)
                 if s:

@@ -45,7 +45,7 @@ from pathlib import Path
 
 from . import jit
 from .checks import check_problem
-from .config import BLOCK_K, KINDS, VARIANTS, GemmConfig, max_stages, select_config, variant_fields
+from .config import BLOCK_K, KINDS, VARIANTS, GemmConfig, max_stages, heuristic_fields, select_config
 from .ptx_templates import gemm as gemm_template
 from .sass_patch import decode, interleave_ffma, read_cubin
 from .sass_patch.instr import Instr
@@ -146,10 +146,11 @@ def _multicast_tag(cfg: GemmConfig) -> str:
 
 
 def _variant_fields(args) -> dict:
-    """GemmConfig fields of the output variant (k_grouped is always wgrad, with its groups)."""
+    """GemmConfig fields of the output variant as the library runs it (``heuristic_fields``: wgrad
+    with its reduce-add epilogue; k_grouped is always wgrad, with its groups)."""
     if args.kind == "k_grouped":
-        return variant_fields("wgrad", "k_grouped", args.groups)
-    return variant_fields(args.variant, args.kind)
+        return heuristic_fields("wgrad", "k_grouped", args.groups)
+    return heuristic_fields(args.variant, args.kind)
 
 
 def _make_config(bm: int, bn: int, stages: int, multicast: str, debug: bool, fields: dict) -> GemmConfig:

@@ -196,7 +196,7 @@ def test_other_kinds_build_or_fail_clearly(capsys, kind):
 
 
 @pytest.mark.parametrize("variant,tag", [("fp32", "_f32"), ("fp32_c", "_f32_c"), ("bf16_c", "_c"),
-                                         ("wgrad", "_f32_c_sfbrow")])
+                                         ("wgrad", "_f32_red_sfbrow")])
 def test_training_variants(capsys, variant, tag):
     out = run(capsys, ["--m", "512", "--n", "1024", "--k", "1024", "--variant", variant, "--what", "config"])
     heuristic = re.search(r"kernel +(\S+)", out).group(1)
@@ -207,7 +207,7 @@ def test_training_variants(capsys, variant, tag):
 
 def test_k_grouped_is_the_wgrad_kernel_with_its_groups(capsys):
     out = run(capsys, FORCED + ["--kind", "k_grouped", "--groups", "3", "--what", "config"])
-    assert "fp8gemm_k_grouped_bm128_bn128_s4_f32_c_sfbrow_g3" in out
+    assert "fp8gemm_k_grouped_bm128_bn128_s4_f32_red_sfbrow_g3" in out
 
 
 # ---- helpers (no tools needed) -------------------------------------------------------------

@@ -95,8 +95,8 @@ def check_spec_matches_ptx(cfg, spec, ptx):
     assert f"mbarrier.arrive.expect_tx.shared::cta.b64 _, [%pfull], {spec.expect_tx_bytes};" in ptx
     row = cfg.b_scales == "row"                  # per-row B scales: a BN-float load per stage
     assert spec.expect_tx_bytes == (cfg.block_m + cfg.block_n) * 128 + cfg.block_m * 4 + (cfg.block_n * 4 if row else 0)
-    for t in spec.tensor_maps:                  # every use of a map has the map's rank
-        uses = re.findall(rf"cp\.async\.bulk\.tensor\.(\d)d[^\[]*(?:\[[^\]]*\], )?\[%{t.param}, \{{([^}}]*)\}}", ptx)
+    for t in spec.tensor_maps:                  # every use of a map (load, store, reduce-add) has its rank
+        uses = re.findall(rf"cp\.(?:reduce\.)?async\.bulk\.tensor\.(\d)d[^\[]*(?:\[[^\]]*\], )?\[%{t.param}, \{{([^}}]*)\}}", ptx)
         assert uses and all(int(r) == t.rank and len(c.split(",")) == t.rank for r, c in uses), t
     assert spec.cluster == (cfg.cluster, 1, 1) and spec.smem_bytes == cfg.smem_bytes
     for p in spec.params:                        # every parameter has exactly one source

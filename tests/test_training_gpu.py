@@ -275,9 +275,12 @@ def test_wgrad_in_a_cuda_graph(torch):
 def _reduce_configs(kind="dense", groups=0):
     import dataclasses
     from fp8gemm.config import variant_configs
-    out = []
-    for c in variant_configs("wgrad", 5 * 128, kind, groups)[::3]:   # BN = 0 and 8 (mod 16)
-        out.append(dataclasses.replace(c, stages=min(c.stages, 4), with_c=False, reduce_out=True))
+    from fp8gemm.config import GemmConfig, max_stages, variant_fields
+    # the heuristic's (BN = 16 or 8 mod 16: unswizzled rows) and, forced, swizzled ones (BN = 0 mod 16)
+    out = [dataclasses.replace(c, stages=min(c.stages, 4)) for c in variant_configs("wgrad", 5 * 128, kind, groups)[::3]]
+    fields = dict(variant_fields("wgrad", kind, groups), with_c=False, reduce_out=True)
+    for bm, bn in ((64, 64), (128, 112), (128, 144), (128, 152)):
+        out.append(GemmConfig(bm, bn, min(4, max_stages(bm, bn, 5 * 128, **fields)), **fields))
     return out
 
 
