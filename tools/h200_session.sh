@@ -120,7 +120,7 @@ PY
         > "$W/bench-grouped.log" 2>&1
       say "bench-grouped rc=$?"; grep -E "geomean|agree" "$W/bench-grouped.log" | tee -a "$LOG" ;;
     fuzz)
-      timeout 150 python3 -m fp8gemm.fuzz --seed 4 --budget-s 120 --json "$OUT/fuzz.json" > "$W/fuzz.log" 2>&1
+      timeout 150 python3 -m fp8gemm.fuzz --seed "${FUZZ_SEED:-5}" --budget-s "${FUZZ_BUDGET_S:-120}" --json "$OUT/fuzz.json" > "$W/fuzz.log" 2>&1
       say "fuzz rc=$? $(tail -1 "$W/fuzz.log")" ;;
     quant)
       timeout 200 python3 -m fp8gemm.bench quant --json "$OUT/bench-quant.json" > "$W/quant.log" 2>&1
