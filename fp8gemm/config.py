@@ -84,9 +84,10 @@ class GemmConfig:
             raise ValueError(f"out_dtype must be one of {OUT_DTYPES}, got {self.out_dtype!r}")
         if self.b_scales not in B_SCALES:
             raise ValueError(f"b_scales must be one of {B_SCALES}, got {self.b_scales!r}")
-        if self.training and (self.kind not in ("dense", "k_grouped") or self.cluster > 1):
-            raise ValueError("FP32 output, a C input and per-row B scales are for the dense and k_grouped "
-                             "layouts without a cluster")
+        if self.training and (self.kind not in ("dense", "k_grouped")
+                              or (self.cluster > 1 and self.kind != "dense")):
+            raise ValueError("FP32 output, a C input and per-row B scales are for the dense layout (with or "
+                             "without a cluster) and the k_grouped layout (without)")
         if self.reduce_out and (self.out_dtype != "float32" or self.with_c or self.b_scales != "row"
                                 or self.block_m in SMALL_BLOCK_MS):
             raise ValueError("reduce_out (out += A.B by a TMA reduce-add, C being out) is for the weight-gradient "

@@ -60,6 +60,8 @@ def variants():
     out.append((wr.name, lambda: _wgrad(wr)))
     wu = GemmConfig(128, 152, 4, **dict(variant_fields("wgrad"), with_c=False, reduce_out=True))
     out.append((wu.name, lambda: _wgrad(wu)))       # BN = 8 (mod 16): unswizzled slabs
+    wc = dataclasses.replace(wu, cluster=2, multicast_on_a=False)
+    out.append((wc.name, lambda: _wgrad(wc)))       # a 2-CTA pair sharing B and its row scales
     kr = dataclasses.replace(kg, with_c=False, reduce_out=True)
     out.append((kr.name, lambda: _k_grouped(kr)))
     out.append(("fp8gemm_per_token_cast", lambda: _cast("token")))     # kernels fp8gemm_per_*_cast_<src>

@@ -48,9 +48,11 @@ def test_variant_names_round_trip():
 def test_config_rules():
     with pytest.raises(ValueError, match="at most 128 rows"):
         GemmConfig(256, 128, 2, out_dtype="float32")
-    with pytest.raises(ValueError, match="without a cluster"):
-        GemmConfig(128, 128, 3, out_dtype="float32", cluster=2)
-    with pytest.raises(ValueError, match="without a cluster"):
+    GemmConfig(128, 128, 3, out_dtype="float32", cluster=2)          # dense: clusters allowed
+    with pytest.raises(ValueError, match=r"k_grouped layout \(without\)"):
+        GemmConfig(128, 128, 3, out_dtype="float32", with_c=True, b_scales="row", kind="k_grouped", groups=4,
+                   cluster=2)
+    with pytest.raises(ValueError, match="for the dense layout"):
         GemmConfig(128, 128, 3, with_c=True, kind="masked")
     with pytest.raises(ValueError, match="accumulates FP32"):
         GemmConfig(128, 128, 3, kind="k_grouped", groups=4)
@@ -301,3 +303,15 @@ def test_reduce_out_is_for_the_wgrad_kernels_only(fields):
         GemmConfig(128, 128, 3, reduce_out=True, **fields)
     with pytest.raises(ValueError, match="reduce_out"):
         GemmConfig(32, 128, 3, reduce_out=True, out_dtype="float32", b_scales="row")
+
+
+@pytest.mark.parametrize("on_a", [True, False])
+def test_wgrad_cluster_shares_the_operand_with_its_scales(on_a):
+    """A 2-CTA wgrad kernel multicasts A with its row scales, or B with its per-row B scales."""
+    from fp8gemm.config import heuristic_fields
+    cfg = GemmConfig(128, 152, 4, cluster=2, multicast_on_a=on_a, **heuristic_fields("wgrad"))
+    ptx = template.build(cfg).render()
+    shared = {m.group(1) for m in re.finditer(r"multicast::cluster[^\[]*\[[^\]]*\], \[%tmap_(\w+),", ptx)}
+    assert shared == ({"a", "sfa"} if on_a else {"b", "sfb"})
+    res = jit.compile_ptx(ptx, cfg.name).resources
+    assert res.spill_stores == 0 and res.spill_loads == 0

@@ -316,3 +316,34 @@ def test_k_grouped_reduce_out(torch):
         load = dataclasses.replace(cfg, reduce_out=False, with_c=True)
         _k_grouped_check(torch, m, n, ks, seed=cfg.block_n, out=ref, config=load)
         assert torch.equal(out.view(torch.int32), ref.view(torch.int32)), cfg.name
+
+
+# ---- 2-CTA clusters on the dense training kernels (TMA multicast of A or of B) -----------------
+@pytest.mark.parametrize("variant,bn", [("wgrad", 152), ("wgrad", 128), ("fp32", 128), ("fp32_c", 112)])
+@pytest.mark.parametrize("on_a", [True, False])
+def test_training_cluster_is_bit_identical(torch, variant, bn, on_a):
+    """The pair computes each tile exactly as a lone CTA does: same bits, with an odd number of
+    tiles along the shared dimension (a ghost tile) and K, M, N tails."""
+    import dataclasses
+    import fp8gemm
+    from fp8gemm.config import GemmConfig, heuristic_fields
+    fields = heuristic_fields(variant)
+    alone = GemmConfig(128, bn, 3, **fields)
+    pair = dataclasses.replace(alone, cluster=2, multicast_on_a=on_a)
+    m, n, k = 3 * 128 + 40, 5 * bn + 8, 6 * 128 + 48
+    wgrad = variant == "wgrad"
+    lhs, rhs = (_wgrad_inputs if wgrad else _dense_inputs)(torch, m, n, k, seed=bn + on_a)
+    base = _randn(torch, (m, n), seed=bn, scale=20.0)
+    outs = []
+    for cfg in (alone, pair):
+        out = base.clone()
+        if wgrad:
+            fp8gemm.wgrad_gemm_fp8_fp8_fp32_nt(lhs, rhs, out, config=cfg)
+        else:
+            fp8gemm.gemm_fp8_fp8_fp32_nt(lhs, rhs, out, c=base if fields.get("with_c") else None, config=cfg)
+        outs.append(out)
+    torch.cuda.synchronize()
+    assert torch.equal(outs[0].view(torch.int32), outs[1].view(torch.int32)), pair.name
+    ref = reference_wgrad(torch, lhs, rhs) if wgrad else reference(torch, lhs, rhs)
+    old = base if wgrad or fields.get("with_c") else torch.zeros_like(base)
+    assert _acc_error(torch, outs[1], old, ref) < 1e-3

@@ -4,7 +4,7 @@
 # 8 files), JSON results copied to $OUT, a short summary printed last.
 #
 #   tools/h200_session.sh [dgbuild] [smoke] [tests] [sanitize[:NAMES]] [explore] [bench-wgrad] [bench-gemm]
-#                         [bench-grouped] [fuzz] [quant] [explore-wgrad] [c-example]   (bg:STEP ... wait: STEP runs beside the next steps)
+#                         [bench-grouped] [fuzz] [quant] [explore-wgrad] [explore-wgrad-mc] [c-example]   (bg:STEP ... wait: STEP runs beside the next steps)
 #
 # dgbuild builds DeepGEMM from .deepgemm (git-ignored; carried) in the background; the bench
 # steps that use it wait for the build. FP8GEMM_COMMIT names the commit in the JSON records.
@@ -102,6 +102,12 @@ import json, pathlib, sys
 print(json.dumps({p.stem: json.loads(p.read_text()) for p in sorted(pathlib.Path(sys.argv[1]).glob("explore-*.json"))}))
 PY
       ;;
+    explore-wgrad-mc)
+      # 2-CTA clusters on the reduce-add wgrad tiles: multicast of A (+ its scales) or B (+ its row scales)
+      timeout 200 python3 tools/explore_configs.py --rounds 3 --variant wgrad --reduce-out only \
+        --shapes 16384x7168x4096,2048x7168x8192,7168x4096x8192,7168x2112x4096,512x32768x8192,1536x24576x4096 \
+        --tiles 128x152,128x136 --multicast off,a,b --json "$OUT/explore-wgrad-mc.json" > "$W/explore-wgrad-mc.log" 2>&1
+      say "explore wgrad multicast rc=$?"; grep -E "^ +[0-9]" "$W/explore-wgrad-mc.log" | tee -a "$LOG" ;;
     c-example)
       # the README's embedding path: export a bundle, build the C runtime and example, run it
       (cd examples/c && timeout 120 make run BUNDLE=/tmp/fp8gemm-bundle PYTHON=python3) > "$OUT/c-example.txt" 2>&1

@@ -165,7 +165,10 @@ class GemmGen:
             k(f"mov.b16 %mc_mask, {(1 << c.cluster) - 1}", "both CTAs of the cluster")
         k.label("L_prod_tile")
         tile = sched.emit_next(k, "prod", "L_prod_drain")
-        shared = () if c.cluster == 1 else (("a", "sfa") if c.multicast_on_a else ("b",))
+        # what the pair shares comes with its scales: A with its rows' scales, B with per-row
+        # B scales where it has them (128x128 B scales are read from global memory by the math)
+        shared = () if c.cluster == 1 else (("a", "sfa") if c.multicast_on_a
+                                            else ("b", "sfb") if c.b_scales == "row" else ("b",))
         if tile.mc_valid is not None and shared:
             k.reg("pred", "p_mc_issue")
             k(f"and.pred %p_mc_issue, %p_rank0, {tile.mc_valid}", "rank 0 multicasts when the pair shares it")
