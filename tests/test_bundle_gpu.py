@@ -1,6 +1,7 @@
 """The exported bundle through the C runtime on the GPU (built here as a shared library and
 called with ctypes): dense (bf16 and the training variants fp32, fp32_c, bf16_c, wgrad),
-contiguous and masked results bit-identical to the Python path, and calls from 8 threads at once."""
+contiguous, masked and k-grouped wgrad results bit-identical to the Python path, and calls from
+8 threads at once."""
 from __future__ import annotations
 
 import ctypes
@@ -25,14 +26,26 @@ def torch():
     return pytest.importorskip("torch")
 
 
+def _k_grouped_problems():
+    from fp8gemm.config import MAX_K_GROUPS
+    return [(5, 256, 384, 256), (MAX_K_GROUPS + 3, 64, 128, 192)]
+
+
 @pytest.fixture(scope="module")
-def rt(tmp_path_factory, torch):
+def exported(tmp_path_factory, torch):
     if CC is None or INCLUDE is None:
         pytest.skip("needs a C compiler and a cuda.h")
     import fp8gemm
     folder = tmp_path_factory.mktemp("bundle")
-    fp8gemm.export(folder, gemm=[(512, 640, 300)], contiguous=[(3, 384, 512, 150)], masked=[(4, 256, 768, 90)],
-                   casts=["bfloat16", "float32"], variants=("bf16", "fp32", "fp32_c", "bf16_c", "wgrad"))
+    man = fp8gemm.export(folder, gemm=[(512, 640, 300)], contiguous=[(3, 384, 512, 150)], masked=[(4, 256, 768, 90)],
+                         k_grouped=_k_grouped_problems(), casts=["bfloat16", "float32"],
+                         variants=("bf16", "fp32", "fp32_c", "bf16_c", "wgrad"))
+    return folder, man
+
+
+@pytest.fixture(scope="module")
+def rt(exported, torch):
+    folder, _ = exported
     lib = folder / "libfp8gemm_rt.so"
     r = subprocess.run([CC, "-std=c99", "-O2", "-shared", "-fPIC", f"-I{INCLUDE}", str(folder / "runtime" / "fp8gemm_rt.c"),
                         "-ldl", "-lpthread", "-o", str(lib)], capture_output=True, text=True)
@@ -49,6 +62,8 @@ def rt(tmp_path_factory, torch):
                                                 ctypes.POINTER(Status)]
     so.fp8gemm_m_grouped_masked.argtypes = [ctypes.c_void_p, i64, i64, i64, i64, ptr, i64, i64, ptr, i64, i64, ptr,
                                             i64, i64, ptr, ptr, i64, i64, ptr, ctypes.c_void_p, ctypes.POINTER(Status)]
+    so.fp8gemm_k_grouped_wgrad.argtypes = [ctypes.c_void_p, i64, i64, i64, ctypes.POINTER(i64), ptr, ptr, i64, ptr, ptr,
+                                           i64, ptr, i64, i64, ctypes.c_void_p, ctypes.POINTER(Status)]
     for name in ("fp8gemm_per_token_cast", "fp8gemm_per_block_cast"):
         getattr(so, name).argtypes = [ctypes.c_void_p, i64, i64, ctypes.c_int, ptr, i64, ptr, i64, ptr, i64,
                                       ctypes.c_void_p, ctypes.POINTER(Status)]
@@ -185,6 +200,56 @@ def test_grouped_bit_identical_to_python(torch, rt):
     torch.cuda.synchronize()
     for i, r in enumerate(mm.tolist()):
         assert torch.equal(got[i, :r].view(torch.int16), want[i, :r].view(torch.int16)), i
+
+
+@pytest.mark.parametrize("case", ["groups5", "chunked"])
+def test_k_grouped_bit_identical_to_python(torch, rt, exported, monkeypatch, case):
+    """fp8gemm_k_grouped_wgrad against k_grouped_wgrad_gemm_fp8_fp8_fp32_nt on the same random data
+    (empty groups, K tails, out pre-filled and padded): the Python API plans with the bundle's
+    kernels standing in for its heuristic's picks (which follow the data's mean K), so both run the
+    same kernels; "chunked" has more groups than one launch takes. A second call into another out
+    (the cached maps, out's address replaced) gives the same; every K 0 leaves out as it was."""
+    import random
+
+    import fp8gemm
+    from fp8gemm import wgrad
+    from fp8gemm.config import GemmConfig
+    from fp8gemm.plan import default_grid
+    from fp8gemm.testing import k_grouped_inputs
+    so, h = rt
+    _, man = exported
+    groups, m, n, _ = _k_grouped_problems()[case == "chunked"]
+    picks = {(p["m"], p["n"], size): GemmConfig(**man["kernels"][idx]["config"])
+             for p in man["problems"] if p["op"] == "k_grouped_wgrad" for size, idx in p["chunks"]}
+    monkeypatch.setattr(wgrad, "_plans", {})
+    monkeypatch.setattr(wgrad, "select_config", lambda m_, n_, k_, g_, **kw: (
+        picks[(m_, n_, g_)], default_grid(picks[(m_, n_, g_)], m_, n_, g_, None, kw.get("device", 0))))
+    rng = random.Random(groups)
+    ks = [256, 0, 144, 16, 400] if case == "groups5" else \
+        [rng.choice([0, 16, 128, 144, 272, 1040]) for _ in range(groups)]
+    (a, sa), (b, sb), _, _ = k_grouped_inputs(torch, m, n, ks, seed=groups)
+    g = torch.Generator(device="cuda").manual_seed(5)
+    init = torch.randn((groups, m, n + 8), device="cuda", generator=g)[:, :, :n]
+    want = init.clone()
+    fp8gemm.k_grouped_wgrad_gemm_fp8_fp8_fp32_nt((a, sa), (b, sb), want, ks)
+    stream = torch.cuda.current_stream().cuda_stream
+    st = Status()
+    outs = [init.clone(), init.clone()]
+    for got in outs:
+        _check(so.fp8gemm_k_grouped_wgrad(h, m, n, groups, (ctypes.c_int64 * groups)(*ks), a.data_ptr(), sa.data_ptr(),
+                                          sa.stride(0), b.data_ptr(), sb.data_ptr(), sb.stride(0), got.data_ptr(),
+                                          got.stride(1), got.stride(0), stream, ctypes.byref(st)), st)
+    zero = init.clone()
+    _check(so.fp8gemm_k_grouped_wgrad(h, m, n, groups, (ctypes.c_int64 * groups)(*([0] * groups)), 0, 0, 0, 0, 0, 0,
+                                      zero.data_ptr(), zero.stride(1), zero.stride(0), stream, ctypes.byref(st)), st)
+    torch.cuda.synchronize()
+    assert 0 in ks and any(k % 128 for k in ks)
+    for got in outs:
+        assert torch.equal(got.view(torch.int32), want.view(torch.int32))
+    for i, k in enumerate(ks):
+        if k == 0:
+            assert torch.equal(outs[0][i].view(torch.int32), init[i].view(torch.int32)), i
+    assert torch.equal(zero.view(torch.int32), init.view(torch.int32))
 
 
 def test_bad_arguments_and_missing_kernels_are_error_codes(torch, rt):

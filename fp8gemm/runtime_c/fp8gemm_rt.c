@@ -295,13 +295,17 @@ static int j_int(const jv *o, const char *key, int64_t *out) {
 }
 
 /* ---- size expressions (the grammar of fp8gemm/ptx_templates/spec.py) ----------------------- */
+/* the manifest's "values", the kernel's block sizes, then its "group_values" (one group's, for the
+ * per-group parameters of the k-grouped kernels; 0 elsewhere) */
 enum { V_M, V_N, V_K, V_GROUPS, V_KB, V_A_STRIDE, V_B_STRIDE, V_OUT_STRIDE, V_SFA_STRIDE, V_A_GROUP_STRIDE,
        V_B_GROUP_STRIDE, V_OUT_GROUP_STRIDE, V_SFA_GROUP_STRIDE, V_X_STRIDE, V_Q_STRIDE, V_S_STRIDE, V_C_STRIDE,
-       V_SFB_STRIDE, V_BLOCK_M, V_BLOCK_N, V_COUNT };
+       V_SFB_STRIDE, V_KB_TOTAL, V_C_GROUP_STRIDE, V_BLOCK_M, V_BLOCK_N, V_K_G, V_K_START_G, V_KB_START_G,
+       V_K_BLOCKS_G, V_COUNT };
 static const char *const VALUE_NAMES[V_COUNT] = {
     "m", "n", "k", "groups", "kb", "a_stride", "b_stride", "out_stride", "sfa_stride", "a_group_stride",
     "b_group_stride", "out_group_stride", "sfa_group_stride", "x_stride", "q_stride", "s_stride", "c_stride",
-    "sfb_stride", "block_m", "block_n"};
+    "sfb_stride", "kb_total", "c_group_stride", "block_m", "block_n", "k_g", "k_start_g", "kb_start_g",
+    "k_blocks_g"};
 
 typedef struct {
     const char *p;
@@ -456,8 +460,10 @@ enum { A_A, A_A_SCALES, A_B, A_B_SCALES, A_OUT, A_LAYOUT, A_DEBUG, A_X, A_Q, A_S
 typedef struct {
     int type;          /* 0 tensor map, 1 u64, 2 u32 */
     int array;         /* A_* for addresses and tensor maps, -1 for values */
+    int per_group;     /* an array of one element per group (k_grouped), from the group's values */
     const jv *map;     /* the tensor map's manifest entry */
     const jv *value;   /* a value's expression (u32, or u64 without an array) */
+    const jv *offset;  /* a per-group map: bytes from its array's address to the group's data */
 } param;
 
 /* one kernel parameter as passed to the launch */
@@ -471,20 +477,31 @@ typedef union {
  * block) match a slot's copies its parameters and grid, replacing the address of any tensor
  * map whose array moved, instead of evaluating the size expressions and encoding every map
  * again. Slots are reused round-robin; the lock guards only the look-up and the fill, never a
- * driver call. Allocated at load, so calls allocate nothing. */
+ * driver call. Allocated at load, so calls allocate nothing.
+ *
+ * A kernel with per-group parameters (k_grouped) keys its slots by the groups' K too, and keeps
+ * them in a block of its own per slot (allocated when the slot is first filled): the parameter
+ * arrays, the address each group's map holds, and the groups' K. A call copies the block into a
+ * scratch block of the same layout from a pool of SCRATCH_POOL (each allocated on first use; a
+ * call beyond that many at once allocates and frees its own), so the cached path allocates
+ * nothing. */
 #define MAP_CACHE_SLOTS 8
+#define SCRATCH_POOL 8
 typedef struct {
     int used;
     int64_t vals[V_COUNT];
-    CUdeviceptr ptrs[MAX_PARAMS];   /* the address each map holds */
+    CUdeviceptr ptrs[MAX_PARAMS];   /* the address each map holds (per-group maps: their array's) */
     param_value params[MAX_PARAMS];
     unsigned grid[3];
+    unsigned char *pg;              /* per-group parameters, or NULL */
 } map_cache_slot;
 
 typedef struct {
     pthread_mutex_t lock;
     int next;
     map_cache_slot slots[MAP_CACHE_SLOTS];
+    unsigned char *spare[SCRATCH_POOL];   /* free scratch blocks for the per-group parameters */
+    int nspare;
 } map_cache;
 
 typedef struct {
@@ -498,6 +515,12 @@ typedef struct {
     const jv *grid_dims;   /* other kernels: the grid itself */
     param params[MAX_PARAMS];
     int nparams;
+    /* per-group parameters (k_grouped): the group count the kernel was compiled for (0: none) and
+     * the layout of a per-group block: each array at pg_off[i], the maps' addresses (pg_map[i]:
+     * which of the npg_maps) at pg_held_off, the groups' K at pg_ks_off; pg_bytes in all */
+    int64_t groups;
+    size_t pg_off[MAX_PARAMS], pg_held_off, pg_ks_off, pg_bytes;
+    int pg_map[MAX_PARAMS], npg_maps;
 } kernel;
 
 typedef struct {
@@ -505,6 +528,8 @@ typedef struct {
     int64_t groups, n, k, max_m;
     const jv *ranges;
     int kernel;
+    int64_t m, max_groups;   /* k_grouped_wgrad: M, and the most groups one launch takes */
+    const jv *chunks;        /* k_grouped_wgrad: [[groups, kernel], ...] per launch size */
 } problem;
 
 struct fp8gemm_bundle {
@@ -606,6 +631,8 @@ static int load_kernel(fp8gemm_bundle *b, const char *folder, const jv *e, kerne
         q->array = array ? array_index(array) : -1;
         q->map = NULL;
         q->value = NULL;
+        q->offset = NULL;
+        q->per_group = j_get(p, "per_group") && j_get(p, "per_group")->t == J_BOOL && j_get(p, "per_group")->num;
         if (!strcmp(type, "tmap")) {
             q->type = 0;
             for (j = 0; j < maps->n; j++) {
@@ -615,6 +642,11 @@ static int load_kernel(fp8gemm_bundle *b, const char *folder, const jv *e, kerne
             }
             if (!q->map || (q->array = array_index(j_str(q->map, "array") ? j_str(q->map, "array") : "")) < 0)
                 return fail(st, FP8GEMM_ERROR_BUNDLE, "%s: tensor map %s is not described", kr->name, pname);
+            if ((j_get(q->map, "per_group") && j_get(q->map, "per_group")->t == J_BOOL &&
+                 j_get(q->map, "per_group")->num) != q->per_group)
+                return fail(st, FP8GEMM_ERROR_BUNDLE, "%s: tensor map %s and its parameter disagree on per_group",
+                            kr->name, pname);
+            q->offset = j_get(q->map, "offset");
         } else if (!strcmp(type, "u64")) {
             q->type = 1;
             q->value = q->array < 0 ? j_get(p, "value") : NULL;
@@ -628,6 +660,35 @@ static int load_kernel(fp8gemm_bundle *b, const char *folder, const jv *e, kerne
         } else {
             return fail(st, FP8GEMM_ERROR_BUNDLE, "%s: parameter %s has type %s", kr->name, pname, type);
         }
+        if (q->per_group && q->type == 1 && q->array >= 0)
+            return fail(st, FP8GEMM_ERROR_BUNDLE, "%s: %s: a per-group address is not supported", kr->name, pname);
+    }
+    kr->groups = 0;
+    kr->npg_maps = 0;
+    kr->pg_bytes = 0;
+    for (i = 0; i < kr->nparams; i++)
+        if (kr->params[i].per_group && !kr->groups) {   /* the arrays' length: the config's group count */
+            if (j_int(j_get(e, "config"), "groups", &kr->groups) || kr->groups < 1 || kr->groups > 4096)
+                return fail(st, FP8GEMM_ERROR_BUNDLE, "%s: per-group parameters but no group count in its config",
+                            kr->name);
+        }
+    if (kr->groups) {
+        size_t off = 0;
+        for (i = 0; i < kr->nparams; i++) {
+            const param *q = &kr->params[i];
+            size_t elem = q->type == 0 ? sizeof(CUtensorMap) : q->type == 1 ? 8 : 4;
+            if (!q->per_group)
+                continue;
+            kr->pg_off[i] = off;
+            off += ((size_t)kr->groups * elem + 63) / 64 * 64;
+            if (q->type == 0)
+                kr->pg_map[i] = kr->npg_maps++;
+        }
+        kr->pg_held_off = off;
+        off += (size_t)kr->npg_maps * (size_t)kr->groups * sizeof(CUdeviceptr);
+        kr->pg_ks_off = off;
+        off += (size_t)kr->groups * sizeof(int64_t);
+        kr->pg_bytes = (off + 63) / 64 * 64;
     }
     if (snprintf(path, sizeof path, "%s/%s", folder, cubin) >= (int)sizeof path)
         return fail(st, FP8GEMM_ERROR_BUNDLE, "path too long: %s/%s", folder, cubin);
@@ -683,8 +744,14 @@ void fp8gemm_bundle_free(fp8gemm_bundle *b) {
         if (b->kernels[i].module && b->drv.ModuleUnload)
             b->drv.ModuleUnload(b->kernels[i].module);
         if (b->kernels[i].cache) {
-            pthread_mutex_destroy(&b->kernels[i].cache->lock);
-            free(b->kernels[i].cache);
+            map_cache *c = b->kernels[i].cache;
+            int s;
+            for (s = 0; s < MAP_CACHE_SLOTS; s++)
+                free(c->slots[s].pg);
+            for (s = 0; s < c->nspare; s++)
+                free(c->spare[s]);
+            pthread_mutex_destroy(&c->lock);
+            free(c);
         }
     }
     free(b->kernels);
@@ -774,6 +841,26 @@ int fp8gemm_bundle_load(const char *folder, fp8gemm_bundle **out, fp8gemm_status
         if (pr->ranges ? pr->ranges->t != J_ARR || pr->ranges->n == 0 : (kidx < 0 || kidx >= b->nkernels)) {
             rc = fail(st, FP8GEMM_ERROR_BUNDLE, "%s: problem %d names no kernel", path, i);
             goto bad;
+        }
+        pr->m = pr->max_groups = 0;
+        pr->chunks = NULL;
+        if (!strcmp(pr->op, "k_grouped_wgrad")) {   /* the kernel of each launch size, checked here */
+            int j;
+            pr->chunks = j_get(p, "chunks");
+            if (j_int(p, "m", &pr->m) || j_int(p, "max_groups", &pr->max_groups) || pr->max_groups < 1 ||
+                !pr->chunks || pr->chunks->t != J_ARR || pr->chunks->n == 0) {
+                rc = fail(st, FP8GEMM_ERROR_BUNDLE, "%s: k_grouped_wgrad problem %d is incomplete", path, i);
+                goto bad;
+            }
+            for (j = 0; j < pr->chunks->n; j++) {
+                const jv *c = &pr->chunks->items[j];
+                int idx = c->t == J_ARR && c->n == 2 ? (int)c->items[1].num : -1;
+                if (idx < 0 || idx >= b->nkernels || b->kernels[idx].groups != (int64_t)c->items[0].num) {
+                    rc = fail(st, FP8GEMM_ERROR_BUNDLE, "%s: k_grouped_wgrad problem %d: chunk %d names no "
+                              "k-grouped kernel of its group count", path, i, j);
+                    goto bad;
+                }
+            }
         }
     }
     *out = b;
@@ -868,50 +955,162 @@ static int encode_map(const fp8gemm_bundle *b, const kernel *kr, const jv *map, 
     return FP8GEMM_OK;
 }
 
-/* a slot holding the maps for `vals`, or NULL (the caller holds the lock) */
-static map_cache_slot *cache_find(map_cache *c, const int64_t *vals) {
+/* a slot holding the maps for `vals` (and, per-group parameters, the groups' K `ks`), or NULL (the
+ * caller holds the lock) */
+static map_cache_slot *cache_find(const kernel *kr, const int64_t *vals, const int64_t *ks) {
+    map_cache *c = kr->cache;
     int s;
-    for (s = 0; s < MAP_CACHE_SLOTS; s++)
-        if (c->slots[s].used && !memcmp(c->slots[s].vals, vals, sizeof c->slots[s].vals))
+    for (s = 0; s < MAP_CACHE_SLOTS; s++) {
+        const map_cache_slot *sl = &c->slots[s];
+        if (sl->used && !memcmp(sl->vals, vals, sizeof sl->vals) &&
+            (!kr->groups || !memcmp(sl->pg + kr->pg_ks_off, ks, (size_t)kr->groups * sizeof *ks)))
             return &c->slots[s];
+    }
     return NULL;
 }
 
-/* the cached parameters and grid of `vals` (and the addresses its maps hold); 1 on a hit */
-static int cache_get(const kernel *kr, const int64_t *vals, param_value *params, CUdeviceptr held[],
-                     unsigned grid[3]) {
+/* the cached parameters and grid of `vals` (and the addresses its maps hold; per-group parameters:
+ * the whole block into `pg`); 1 on a hit */
+static int cache_get(const kernel *kr, const int64_t *vals, const int64_t *ks, param_value *params,
+                     CUdeviceptr held[], unsigned grid[3], unsigned char *pg) {
     map_cache_slot *sl;
     pthread_mutex_lock(&kr->cache->lock);
-    sl = cache_find(kr->cache, vals);
+    sl = cache_find(kr, vals, ks);
     if (sl) {
         memcpy(params, sl->params, (size_t)kr->nparams * sizeof *params);
         memcpy(held, sl->ptrs, (size_t)kr->nparams * sizeof *held);
         memcpy(grid, sl->grid, sizeof sl->grid);
+        if (kr->groups)
+            memcpy(pg, sl->pg, kr->pg_bytes);
     }
     pthread_mutex_unlock(&kr->cache->lock);
     return sl != NULL;
 }
 
-/* remember the parameters and grid of `vals` (the slot already holding them, else the next one) */
-static void cache_put(const kernel *kr, const int64_t *vals, const param_value *params, const CUdeviceptr ptrs[],
-                      const unsigned grid[3]) {
+/* remember the parameters and grid of `vals` (the slot already holding them, else the next one);
+ * a slot's first per-group block is allocated here (if that fails, the call is not cached) */
+static void cache_put(const kernel *kr, const int64_t *vals, const int64_t *ks, const param_value *params,
+                      const CUdeviceptr ptrs[], const unsigned grid[3], const unsigned char *pg) {
     map_cache *c = kr->cache;
     map_cache_slot *sl;
     pthread_mutex_lock(&c->lock);
-    if (!(sl = cache_find(c, vals))) {
+    if (!(sl = cache_find(kr, vals, ks))) {
         sl = &c->slots[c->next];
         c->next = (c->next + 1) % MAP_CACHE_SLOTS;
+        sl->used = 0;
+        if (kr->groups && !sl->pg && posix_memalign((void **)&sl->pg, 64, kr->pg_bytes)) {
+            sl->pg = NULL;
+            pthread_mutex_unlock(&c->lock);
+            return;
+        }
         memcpy(sl->vals, vals, sizeof sl->vals);
         sl->used = 1;
     }
     memcpy(sl->params, params, (size_t)kr->nparams * sizeof *params);
     memcpy(sl->ptrs, ptrs, (size_t)kr->nparams * sizeof *ptrs);
     memcpy(sl->grid, grid, sizeof sl->grid);
+    if (kr->groups)
+        memcpy(sl->pg, pg, kr->pg_bytes);   /* the groups' K included: the slot's key */
     pthread_mutex_unlock(&c->lock);
 }
 
-static int launch(const fp8gemm_bundle *b, const kernel *kr, int64_t *vals, const CUdeviceptr *arrays,
-                  CUstream stream, fp8gemm_status *st) {
+/* a scratch block for one call's per-group parameters: a spare one, else a new one (NULL: none) */
+static unsigned char *scratch_take(const kernel *kr) {
+    map_cache *c = kr->cache;
+    unsigned char *p = NULL;
+    pthread_mutex_lock(&c->lock);
+    if (c->nspare > 0)
+        p = c->spare[--c->nspare];
+    pthread_mutex_unlock(&c->lock);
+    if (!p && posix_memalign((void **)&p, 64, kr->pg_bytes))
+        p = NULL;
+    return p;
+}
+
+static void scratch_give(const kernel *kr, unsigned char *p) {
+    map_cache *c = kr->cache;
+    pthread_mutex_lock(&c->lock);
+    if (c->nspare < SCRATCH_POOL) {
+        c->spare[c->nspare++] = p;
+        p = NULL;
+    }
+    pthread_mutex_unlock(&c->lock);
+    free(p);
+}
+
+/* the per-group parameters of a launch into `pg`: on a miss every group's maps encoded (at their
+ * offset into the array; an empty group's with k_g = 16, never read but encodable) and values
+ * evaluated from the group's values; on a hit only the maps of arrays that moved get their
+ * groups' addresses replaced. Sets *moved when a map changed. */
+static int fill_groups(const fp8gemm_bundle *b, const kernel *kr, const int64_t *vals, const CUdeviceptr *held,
+                       const CUdeviceptr *want, const int64_t *ks, int hit, unsigned char *pg, int *moved,
+                       fp8gemm_status *st) {
+    CUdeviceptr *addrs = (CUdeviceptr *)(void *)(pg + kr->pg_held_off);
+    int64_t gv[V_COUNT], enc[V_COUNT], v, k0 = 0, kb0 = 0;
+    int64_t groups = kr->groups, g;
+    int i, rc;
+    CUresult r;
+    if (hit) {
+        for (i = 0; i < kr->nparams; i++) {
+            const param *p = &kr->params[i];
+            CUtensorMap *maps = (CUtensorMap *)(void *)(pg + kr->pg_off[i]);
+            CUdeviceptr *at = addrs + (size_t)kr->pg_map[i] * (size_t)groups;
+            if (!p->per_group || p->type != 0 || held[i] == want[i])
+                continue;
+            for (g = 0; g < groups; g++) {             /* the same offsets: the groups' K are the key */
+                CUdeviceptr to = at[g] - held[i] + want[i];
+                if ((r = b->drv.TensorMapReplaceAddress(&maps[g], (void *)(uintptr_t)to)) != CUDA_SUCCESS)
+                    return cuda_fail(&b->drv, st, "cuTensorMapReplaceAddress", r,
+                                     j_str(p->map, "array") ? j_str(p->map, "array") : "?");
+                at[g] = to;
+            }
+            *moved = 1;
+        }
+        return FP8GEMM_OK;
+    }
+    memcpy(pg + kr->pg_ks_off, ks, (size_t)groups * sizeof *ks);
+    memcpy(gv, vals, sizeof gv);
+    for (g = 0; g < groups; g++) {
+        gv[V_K_G] = ks[g];
+        gv[V_K_START_G] = k0;
+        gv[V_KB_START_G] = kb0;
+        gv[V_K_BLOCKS_G] = (ks[g] + 127) / 128;
+        for (i = 0; i < kr->nparams; i++) {
+            const param *p = &kr->params[i];
+            unsigned char *arr = pg + kr->pg_off[i];
+            if (!p->per_group)
+                continue;
+            if (p->type == 0) {
+                CUdeviceptr *at = addrs + (size_t)kr->pg_map[i] * (size_t)groups;
+                int64_t off = 0;
+                if (p->offset && (rc = eval_item(p->offset, gv, &off, st)) != FP8GEMM_OK)
+                    return rc;
+                memcpy(enc, gv, sizeof enc);
+                if (enc[V_K_G] < 16)
+                    enc[V_K_G] = 16;
+                at[g] = want[i] + (CUdeviceptr)off;
+                if ((rc = encode_map(b, kr, p->map, at[g], enc, (CUtensorMap *)(void *)arr + g, st)) != FP8GEMM_OK)
+                    return rc;
+                *moved = 1;
+            } else {
+                if ((rc = eval_item(p->value, gv, &v, st)) != FP8GEMM_OK)
+                    return rc;
+                if (p->type == 1)
+                    ((uint64_t *)(void *)arr)[g] = (uint64_t)v;
+                else
+                    ((uint32_t *)(void *)arr)[g] = (uint32_t)v;
+            }
+        }
+        k0 += ks[g];
+        kb0 += gv[V_K_BLOCKS_G];
+    }
+    return FP8GEMM_OK;
+}
+
+/* one launch of `kr` for problem values `vals` and launch arguments `arrays`; a kernel with
+ * per-group parameters takes the groups' K (`ks`, kr->groups entries) and a scratch block `pg` */
+static int launch_with(const fp8gemm_bundle *b, const kernel *kr, int64_t *vals, const CUdeviceptr *arrays,
+                       const int64_t *ks, unsigned char *pg, CUstream stream, fp8gemm_status *st) {
     param_value storage[MAX_PARAMS];        /* per call, on the stack: threads never share it */
     void *ptrs[MAX_PARAMS];
     CUdeviceptr held[MAX_PARAMS], want[MAX_PARAMS];
@@ -923,13 +1122,16 @@ static int launch(const fp8gemm_bundle *b, const kernel *kr, int64_t *vals, cons
     CUresult r;
     vals[V_BLOCK_M] = kr->block_m;
     vals[V_BLOCK_N] = kr->block_n;
+    vals[V_K_G] = vals[V_K_START_G] = vals[V_KB_START_G] = vals[V_K_BLOCKS_G] = 0;   /* per group only */
     for (i = 0; i < kr->nparams; i++) {
-        ptrs[i] = &storage[i];
+        ptrs[i] = kr->params[i].per_group ? (void *)(pg + kr->pg_off[i]) : (void *)&storage[i];
         want[i] = held[i] = kr->params[i].type == 0 ? arrays[kr->params[i].array] : 0;
     }
-    hit = cache_get(kr, vals, storage, held, grid);
+    hit = cache_get(kr, vals, ks, storage, held, grid, pg);
     for (i = 0; i < kr->nparams; i++) {
         const param *p = &kr->params[i];
+        if (p->per_group)
+            continue;                           /* below */
         if (p->type == 0) {
             if (hit && held[i] == want[i])
                 continue;                       /* the cached map, as it is */
@@ -952,6 +1154,8 @@ static int launch(const fp8gemm_bundle *b, const kernel *kr, int64_t *vals, cons
                 storage[i].u32 = (uint32_t)v;
         }
     }
+    if (kr->groups && (rc = fill_groups(b, kr, vals, held, want, ks, hit, pg, &moved, st)) != FP8GEMM_OK)
+        return rc;
     if (!hit) {
         if (kr->grid_dims) {
             int64_t g;
@@ -975,7 +1179,7 @@ static int launch(const fp8gemm_bundle *b, const kernel *kr, int64_t *vals, cons
         }
     }
     if (!hit || moved)
-        cache_put(kr, vals, storage, want, grid);
+        cache_put(kr, vals, ks, storage, want, grid, pg);
     memset(&cfg, 0, sizeof cfg);
     memset(&attr, 0, sizeof attr);
     cfg.gridDimX = grid[0], cfg.gridDimY = grid[1], cfg.gridDimZ = grid[2];
@@ -993,6 +1197,22 @@ static int launch(const fp8gemm_bundle *b, const kernel *kr, int64_t *vals, cons
     if ((r = b->drv.LaunchKernelEx(&cfg, kr->fn, ptrs, NULL)) != CUDA_SUCCESS)
         return cuda_fail(&b->drv, st, "cuLaunchKernelEx", r, kr->name);
     return ok(st);
+}
+
+static int launch(const fp8gemm_bundle *b, const kernel *kr, int64_t *vals, const CUdeviceptr *arrays,
+                  const int64_t *ks, CUstream stream, fp8gemm_status *st) {
+    unsigned char *pg;
+    int rc;
+    if (!kr->groups)
+        return launch_with(b, kr, vals, arrays, NULL, NULL, stream, st);
+    if (!ks)
+        return fail(st, FP8GEMM_ERROR_BUNDLE, "%s: a kernel with per-group parameters, launched without the "
+                    "groups' K", kr->name);
+    if (!(pg = scratch_take(kr)))
+        return fail(st, FP8GEMM_ERROR_BUNDLE, "%s: out of host memory for its per-group parameters", kr->name);
+    rc = launch_with(b, kr, vals, arrays, ks, pg, stream, st);
+    scratch_give(kr, pg);
+    return rc;
 }
 
 /* ---- argument checks (the Python API's rules) ------------------------------------------------ */
@@ -1153,7 +1373,7 @@ static int dense(const fp8gemm_bundle *b, const char *who, const char *variant, 
     vals[V_SFA_STRIDE] = sfa_stride, vals[V_SFB_STRIDE] = sfb_stride, vals[V_C_STRIDE] = c_stride;
     arrays[A_A] = a, arrays[A_A_SCALES] = a_scales, arrays[A_B] = bb, arrays[A_B_SCALES] = b_scales;
     arrays[A_OUT] = out, arrays[A_C] = c;
-    return launch(b, kr, vals, arrays, stream, st);
+    return launch(b, kr, vals, arrays, NULL, stream, st);
 }
 
 int fp8gemm_gemm(const fp8gemm_bundle *b, int64_t m, int64_t n, int64_t k, CUdeviceptr a, int64_t a_stride,
@@ -1198,7 +1418,7 @@ int fp8gemm_m_grouped_contiguous(const fp8gemm_bundle *b, int64_t m_sum, int64_t
     vals[V_OUT_STRIDE] = out_stride, vals[V_SFA_STRIDE] = sfa_stride;
     arrays[A_A] = a, arrays[A_A_SCALES] = a_scales, arrays[A_B] = bb, arrays[A_B_SCALES] = b_scales;
     arrays[A_OUT] = out, arrays[A_LAYOUT] = layout;
-    return launch(b, kr, vals, arrays, stream, st);
+    return launch(b, kr, vals, arrays, NULL, stream, st);
 }
 
 int fp8gemm_m_grouped_masked(const fp8gemm_bundle *b, int64_t m_max, int64_t n, int64_t k, int64_t groups,
@@ -1235,7 +1455,109 @@ int fp8gemm_m_grouped_masked(const fp8gemm_bundle *b, int64_t m_max, int64_t n, 
     vals[V_SFA_GROUP_STRIDE] = sfa_group_stride;
     arrays[A_A] = a, arrays[A_A_SCALES] = a_scales, arrays[A_B] = bb, arrays[A_B_SCALES] = b_scales;
     arrays[A_OUT] = out, arrays[A_LAYOUT] = masked_m;
-    return launch(b, kr, vals, arrays, stream, st);
+    return launch(b, kr, vals, arrays, NULL, stream, st);
+}
+
+/* ---- the k-grouped wgrad GEMM ------------------------------------------------------------------ */
+/* the kernel of a launch of `size` groups of problem `p`, or NULL */
+static const kernel *chunk_kernel(const fp8gemm_bundle *b, const problem *p, int64_t size) {
+    int j;
+    for (j = 0; j < p->chunks->n; j++) {
+        const jv *c = &p->chunks->items[j];
+        if ((int64_t)c->items[0].num == size)
+            return &b->kernels[(int)c->items[1].num];
+    }
+    return NULL;
+}
+
+int fp8gemm_k_grouped_wgrad(const fp8gemm_bundle *b, int64_t m, int64_t n, int64_t groups,
+                            const int64_t *batch_sizes, CUdeviceptr a, CUdeviceptr a_scales, int64_t sfa_stride,
+                            CUdeviceptr bb, CUdeviceptr b_scales, int64_t sfb_stride, CUdeviceptr out,
+                            int64_t out_stride, int64_t out_group_stride, CUstream stream, fp8gemm_status *st) {
+    const char *who = "fp8gemm_k_grouped_wgrad";
+    const problem *p = NULL;
+    int64_t g, g0, k_total = 0, k0 = 0, kb0 = 0;
+    int i;
+    if (!b)
+        return fail(st, FP8GEMM_ERROR_ARGUMENT, "%s: bundle is NULL", who);
+    if (m < 1 || n < 1 || groups < 1)
+        return fail(st, FP8GEMM_ERROR_ARGUMENT, "%s: m, n and groups must be positive (got %lld, %lld, %lld)", who,
+                    (long long)m, (long long)n, (long long)groups);
+    if (m % 8)
+        return fail(st, FP8GEMM_ERROR_ARGUMENT, "%s: m = %lld must be a multiple of 8", who, (long long)m);
+    if (n % 8)
+        return fail(st, FP8GEMM_ERROR_ARGUMENT, "%s: n = %lld must be a multiple of 8", who, (long long)n);
+    if (!batch_sizes)
+        return fail(st, FP8GEMM_ERROR_ARGUMENT, "%s: batch_sizes is NULL (the groups' K: %lld entries)", who,
+                    (long long)groups);
+    for (g = 0; g < groups; g++) {
+        if (batch_sizes[g] < 0)
+            return fail(st, FP8GEMM_ERROR_ARGUMENT, "%s: batch_sizes[%lld] = %lld must be >= 0", who, (long long)g,
+                        (long long)batch_sizes[g]);
+        if (batch_sizes[g] % 16)
+            return fail(st, FP8GEMM_ERROR_ARGUMENT, "%s: batch_sizes[%lld] = %lld must be a multiple of 16 (16-byte "
+                        "rows of e4m3 A and B)", who, (long long)g, (long long)batch_sizes[g]);
+        if (batch_sizes[g] > (((int64_t)1 << 32) - 1) - k_total)
+            return fail(st, FP8GEMM_ERROR_ARGUMENT, "%s: batch_sizes: the groups' K add up to more than 2^32 - 1 "
+                        "(the kernels take K as a u32)", who);
+        k_total += batch_sizes[g];
+    }
+    TRY(check_stride(st, who, "sfa_stride", &sfa_stride, m, m, 4));
+    TRY(check_stride(st, who, "sfb_stride", &sfb_stride, n, n, 4));
+    TRY(check_stride(st, who, "out_stride", &out_stride, n, n, 4));
+    TRY(check_stride(st, who, "out_group_stride", &out_group_stride, m * out_stride, m * out_stride, 4));
+    TRY(check_pointer(st, who, "out", out, 16));
+    {   /* with no K at all the operands are empty: NULL is fine, misaligned is not */
+        const char *names[4] = {"a", "a_scales", "b", "b_scales"};
+        const CUdeviceptr ptrs[4] = {a, a_scales, bb, b_scales};
+        for (i = 0; i < 4; i++)
+            if (k_total || ptrs[i])
+                TRY(check_pointer(st, who, names[i], ptrs[i], 16));
+    }
+    for (i = 0; i < b->nproblems && !p; i++) {
+        const problem *q = &b->problems[i];
+        if (q->chunks && !strcmp(q->op, "k_grouped_wgrad") && q->m == m && q->n == n && q->groups == groups)
+            p = q;
+    }
+    if (!p)
+        return fail(st, FP8GEMM_ERROR_NO_KERNEL, "the bundle has no k_grouped_wgrad kernel for M=%lld N=%lld "
+                    "groups=%lld (export it with --k-grouped %lldx%lldx%lld:EXPECTED_K)", (long long)m, (long long)n,
+                    (long long)groups, (long long)groups, (long long)m, (long long)n);
+    for (g0 = 0; g0 < groups; g0 += p->max_groups) {   /* every launch's kernel before any launch */
+        int64_t size = groups - g0 < p->max_groups ? groups - g0 : p->max_groups;
+        if (!chunk_kernel(b, p, size))
+            return fail(st, FP8GEMM_ERROR_NO_KERNEL, "the bundle's k_grouped_wgrad problem M=%lld N=%lld groups=%lld "
+                        "has no kernel for its launches of %lld groups", (long long)m, (long long)n,
+                        (long long)groups, (long long)size);
+    }
+    if (!k_total)
+        return ok(st);                         /* nothing to add: no launch */
+    /* launches of at most max_groups groups, as k_grouped_wgrad_gemm_fp8_fp8_fp32_nt splits them:
+     * each at its first group's data (A and B elements, scale rows, out groups) */
+    for (g0 = 0; g0 < groups; g0 += p->max_groups) {
+        int64_t size = groups - g0 < p->max_groups ? groups - g0 : p->max_groups, k = 0, kb = 0;
+        int64_t vals[V_COUNT] = {0};
+        CUdeviceptr arrays[A_COUNT] = {0};
+        for (g = g0; g < g0 + size; g++) {
+            k += batch_sizes[g];
+            kb += (batch_sizes[g] + 127) / 128;
+        }
+        if (k) {                               /* a launch whose groups all have K = 0 adds nothing */
+            vals[V_M] = m, vals[V_N] = n, vals[V_GROUPS] = size, vals[V_K] = k, vals[V_KB] = kb;
+            vals[V_KB_TOTAL] = kb, vals[V_SFA_STRIDE] = sfa_stride, vals[V_SFB_STRIDE] = sfb_stride;
+            vals[V_OUT_STRIDE] = vals[V_C_STRIDE] = out_stride;
+            vals[V_OUT_GROUP_STRIDE] = vals[V_C_GROUP_STRIDE] = out_group_stride;
+            arrays[A_A] = a + (CUdeviceptr)(m * k0);
+            arrays[A_A_SCALES] = a_scales + (CUdeviceptr)(4 * sfa_stride * kb0);
+            arrays[A_B] = bb + (CUdeviceptr)(n * k0);
+            arrays[A_B_SCALES] = b_scales + (CUdeviceptr)(4 * sfb_stride * kb0);
+            arrays[A_OUT] = arrays[A_C] = out + (CUdeviceptr)(4 * out_group_stride * g0);   /* C is out */
+            TRY(launch(b, chunk_kernel(b, p, size), vals, arrays, batch_sizes + g0, stream, st));
+        }
+        k0 += k;
+        kb0 += kb;
+    }
+    return ok(st);
 }
 
 /* ---- casts ------------------------------------------------------------------------------------ */
@@ -1268,7 +1590,7 @@ static int cast(const fp8gemm_bundle *b, const char *op, const char *who, int64_
             vals[V_M] = rows, vals[V_K] = k, vals[V_X_STRIDE] = x_stride, vals[V_Q_STRIDE] = q_stride;
             vals[V_S_STRIDE] = s_stride;
             arrays[A_X] = x, arrays[A_Q] = q, arrays[A_SCALES] = scales;
-            return launch(b, &b->kernels[p->kernel], vals, arrays, stream, st);
+            return launch(b, &b->kernels[p->kernel], vals, arrays, NULL, stream, st);
         }
     }
     return fail(st, FP8GEMM_ERROR_NO_KERNEL, "the bundle has no %s kernel from %s (export it with --casts %s)", op, src,
