@@ -1348,11 +1348,16 @@ static int dense(const fp8gemm_bundle *b, const char *who, const char *variant, 
     TRY(check_operands(st, who, a, a_scales, bb, b_scales, out));
     if (row_sfb)
         TRY(check_pointer(st, who, "b_scales", b_scales, 16));
-    if (!has_c && (c || c_stride))
+    /* wgrad is D += A.B^T whichever way its kernel accumulates (a C map on out, or a reduce-add
+     * onto out with no C map): c may only be 0 or out */
+    if (!strcmp(variant, "wgrad") && c && c != out)
+        return fail(st, FP8GEMM_ERROR_ARGUMENT, "%s: c: wgrad accumulates into out (C is out), pass 0 or out", who);
+    if (!has_c && strcmp(variant, "wgrad") && (c || c_stride))
         return fail(st, FP8GEMM_ERROR_ARGUMENT, "%s: %s: the %s variant reads no C, pass 0", who, c ? "c" : "c_stride",
                     variant);
-    if (has_c && !strcmp(variant, "wgrad") && c && c != out)
-        return fail(st, FP8GEMM_ERROR_ARGUMENT, "%s: c: wgrad accumulates into out (C is out), pass 0 or out", who);
+    if (!has_c && c_stride && c_stride != out_stride)   /* wgrad by reduce-add: c is out */
+        return fail(st, FP8GEMM_ERROR_ARGUMENT, "%s: c_stride = %lld: c is out, so it must be 0 or out_stride (%lld)",
+                    who, (long long)c_stride, (long long)out_stride);
     if (!has_c || !c || c == out) {   /* no C, or C is D: accumulate in place */
         if (has_c && c_stride && c_stride != out_stride)
             return fail(st, FP8GEMM_ERROR_ARGUMENT, "%s: c_stride = %lld: c is out, so it must be 0 or out_stride (%lld)",
