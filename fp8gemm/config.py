@@ -498,10 +498,12 @@ def variant_of(cfg: GemmConfig) -> str:
     raise ValueError(f"{cfg} is no output variant of {sorted(VARIANTS)}")
 
 
-def variant_configs(variant: str, k: int = 1 << 14, kind: str = "dense", groups: int = 0) -> list[GemmConfig]:
+def variant_configs(variant: str, k: int = 1 << 14, kind: str = "dense", groups: int = 0,
+                    heuristic: bool = True) -> list[GemmConfig]:
     """Every config the heuristic can return for a training variant (no cluster, BM <= 128 for
-    FP32 out, BN up to the variant's register limit)."""
-    fields = heuristic_fields(variant, kind, groups)
+    FP32 out, BN up to the variant's register limit); ``heuristic=False``: with the variant's
+    own fields instead (``variant_fields``: wgrad's C-loading kernels, run only when forced)."""
+    fields = (heuristic_fields if heuristic else variant_fields)(variant, kind, groups)
     out = []
     for bm, max_bn in TRAINING_MAX_BLOCK_N[variant].items():
         for bn in variant_block_ns(fields):

@@ -15,17 +15,9 @@ from fp8gemm.ptx_templates import gemm as template
 from fp8gemm.ptx_templates import scheduler
 from fp8gemm.ptx_templates.builder import param_bytes
 
-def _wgrad_c_loading(kind: str) -> list[GemmConfig]:
-    """The wgrad kernels that load C = out under the K loop: no longer the heuristic's (it picks
-    the reduce-add epilogue) but still run when forced, over every BN the registers allow."""
-    from fp8gemm.config import ROW_SCALE_BLOCK_NS, TRAINING_MAX_BLOCK_N, max_stages
-    fields = variant_fields("wgrad", kind)
-    return [GemmConfig(bm, bn, max_stages(bm, bn, 1 << 14, **fields), **fields)
-            for bm, max_bn in TRAINING_MAX_BLOCK_N["wgrad"].items() for bn in ROW_SCALE_BLOCK_NS if bn <= max_bn]
-
-
 VARIANT_CONFIGS = [c for v in VARIANTS if v != "bf16" for c in variant_configs(v)] + \
-    variant_configs("wgrad", kind="k_grouped") + _wgrad_c_loading("dense") + _wgrad_c_loading("k_grouped")
+    variant_configs("wgrad", kind="k_grouped") + \
+    variant_configs("wgrad", heuristic=False) + variant_configs("wgrad", kind="k_grouped", heuristic=False)
 
 
 @pytest.mark.parametrize("cfg", VARIANT_CONFIGS, ids=lambda c: c.name)
